@@ -1,0 +1,150 @@
+"""The `duchkit` command line.
+
+    duchkit run [--config FILE] [--out DIR] [--device auto|cpu|cuda] [--dry-run] [--lenient]
+    duchkit inspect DIR
+    duchkit export DIR --format captions-json|jsonl|csv [--stage NAME ...] [-o FILE]
+    duchkit augment-text | augment-images | embed | train | evaluate | study | search ...
+
+Every error a user can cause (bad config, bad dataset, missing model) ends with a one-paragraph
+message and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from pipelines.readers import DatasetError
+from pipelines.stage import ConfigError
+from pipelines.version import __version__
+
+EXIT_USAGE = 2
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("pipelines") / "demo" / "demo.toml"))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="pipeline config (TOML or YAML); default: the "
+                   "embedded UCM demo")
+    p.add_argument("--out", type=Path, help="output folder (default: [run] out, else ./duchkit-out)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: [run] device, auto")
+    p.add_argument("--seed", type=int, help="run seed (default: [run] seed)")
+    p.add_argument("--workers", type=int, help="worker processes for CPU stages")
+    p.add_argument("--shard-rows", type=int, dest="shard_rows", help="rows per shard (default 10000)")
+    p.add_argument("--lenient", action="store_true", default=None,
+                   help="write bad dataset rows to rejects.parquet and go on, instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load(args: argparse.Namespace):
+    from pipelines.config import load_config
+
+    overrides = {k: getattr(args, k, None) for k in
+                 ("out", "device", "seed", "workers", "shard_rows", "lenient")}
+    return load_config(args.config or demo_config_path(), overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_pipeline
+
+    config = load(args)
+    if args.dry_run:
+        print(f"plan for {config.run.out}:")
+        for plan in run_pipeline(config, dry_run=True):
+            print("  " + plan.describe())
+        return 0
+    manifests = run_pipeline(config, progress=not args.quiet)
+    out = config.run.out
+    print(f"\nduchkit {__version__}: finished; results in {out}")
+    for name, m in manifests.items():
+        rate = f", {m['rows_per_s']:.0f} rows/s" if m.get("rows_per_s") else ""
+        reused = m.get("shards_reused")
+        note = f" ({reused} shard(s) reused)" if reused else ""
+        print(f"  {name:<20} {m['rows']:>7} rows in {len(m['shards'])} shard(s){rate}{note}"
+              f" -> {out / name}")
+    rejects = manifests.get("records", {}).get("rejects", {}).get("rows")
+    if rejects:
+        print(f"  {rejects} rejected dataset row(s): {out / 'records' / 'rejects.parquet'}")
+    for extra in ("report.md", "report.html"):
+        if (out / extra).exists():
+            print(f"  report: {out / extra}")
+    print(f"  log: {out / 'duchkit.log'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipelines.inspect import describe
+
+    print(describe(args.dir))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.export import export
+
+    path = export(args.dir, args.format, args.stage or None, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"duchkit {name}: this stage is not part of duchkit {__version__} yet.",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duchkit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"duchkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the stages a pipeline config names (default: the demo)")
+    _common(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="shards, rows, schema and manifest summary of a folder")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export", help="write a text stage's output as captions JSON/JSONL/CSV")
+    p.add_argument("dir", type=Path, help="a run's output folder")
+    p.add_argument("--format", required=True, choices=["captions-json", "jsonl", "csv"])
+    p.add_argument("--stage", action="append", help="text stage(s) to export (default: all)")
+    p.add_argument("-o", "--output", type=Path, help="output file (default: in DIR/export)")
+    p.set_defaults(func=cmd_export)
+
+    for name, text in [("augment-text", "caption augmentation (rule-based, back-translation)"),
+                       ("augment-images", "image augmentation views"),
+                       ("embed", "image and text embeddings"),
+                       ("train", "train DUCH from embedding shards"),
+                       ("evaluate", "hash codes and retrieval metrics"),
+                       ("study", "the augmentation comparison study"),
+                       ("search", "query a hash index")]:
+        p = sub.add_parser(name, help=text)
+        p.set_defaults(func=not_yet(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `duchkit` alone runs the demo: the one thing a newcomer wants to see work.
+    args = build_parser().parse_args(argv or ["run"])
+    if args.command is None:
+        build_parser().print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, FileNotFoundError) as exc:
+        print(f"duchkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""`duchkit inspect DIR`: what a run folder or a stage folder holds, without reading shards."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipelines.store import MANIFEST, SHARD_GLOB, StageStore
+
+
+def _stage_dirs(root: Path) -> list[Path]:
+    if (root / MANIFEST).exists() or any(root.glob(SHARD_GLOB)):
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")
+                  and ((p / MANIFEST).exists() or any(p.glob(SHARD_GLOB))))
+
+
+def describe(root: Path) -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    dirs = _stage_dirs(root)
+    if not dirs:
+        raise FileNotFoundError(f"{root} holds no duchkit stage output")
+    lines = []
+    for d in dirs:
+        store = StageStore(d)
+        shards = sorted(d.glob(SHARD_GLOB))
+        if not store.is_complete():
+            lines.append(f"{d.name}: INCOMPLETE ({len(shards)} shard file(s), no manifest: "
+                         "rerun to resume)")
+            continue
+        m = store.manifest()
+        rate = f", {m['rows_per_s']} rows/s" if m.get("rows_per_s") else ""
+        lines.append(f"{d.name}: {m['kind']}, {m['rows']} rows in {len(m['shards'])} shard(s), "
+                     f"{m['wall_time_s']} s{rate}, fingerprint {m['fingerprint']}")
+        if m.get("parameters"):
+            lines.append(f"  parameters: {json.dumps(m['parameters'], sort_keys=True)}")
+        if m.get("models"):
+            lines.append(f"  models: {json.dumps(m['models'], sort_keys=True)}")
+        rejects = (m.get("rejects") or {}).get("rows")
+        if rejects:
+            lines.append(f"  rejects: {rejects} row(s) in {d / 'rejects.parquet'}: "
+                         f"{m['rejects']['counts']}")
+        if m["shards"]:
+            schema = pq.read_schema(d / m["shards"][0]["file"])
+            lines.append("  schema:")
+            for f in schema:
+                meta = ""
+                if f.metadata:
+                    meta = "  " + ", ".join(f"{k.decode()}={v.decode()}"
+                                            for k, v in f.metadata.items())
+                lines.append(f"    {f.name}: {f.type}{meta}")
+    return "\n".join(lines)

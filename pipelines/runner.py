@@ -1,0 +1,234 @@
+"""The stage runner: reads the dataset into shards, then runs each configured stage over the
+previous stage's shards, skipping what is already complete.
+
+Resume rule: output shard i of a stage is reused when its status file carries the same stage
+fingerprint (kind, parameters, models, seed, stage version) and the same input-shard checksum,
+and the shard on disk still has the recorded checksum. Anything else is recomputed, so a changed
+parameter or a changed input invalidates exactly what depends on it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipelines.config import SOURCE_STAGE, PipelineConfig, StageEntry
+from pipelines.engines import ShardTask, make_engine
+from pipelines.readers import (DatasetError, DatasetSpec, describe_problems, problems_table,
+                               read_dataset)
+from pipelines.schema import RECORD_SCHEMA, with_stage_metadata
+from pipelines.stage import StageContext
+from pipelines.store import (StageStore, atomic_write_json, fingerprint, sha256_file,
+                             write_table)
+from pipelines.version import __version__
+
+log = logging.getLogger("duchkit")
+
+
+def resolve_device(device: str) -> str:
+    if device in ("cpu", "cuda"):
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def setup_logging(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "duchkit.log"
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
+               for h in log.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return path
+
+
+@dataclass
+class StagePlan:
+    name: str
+    status: str  # "complete", "resume", "new", "recompute"
+    shards_done: int
+    shards_total: int
+
+    def describe(self) -> str:
+        return f"{self.name:<24} {self.status:<10} {self.shards_done}/{self.shards_total} shards done"
+
+
+# ---------------------------------------------------------------- the source stage (reader)
+
+def dataset_fingerprint(spec: DatasetSpec) -> str:
+    files = {str(p): sha256_file(p) for p in spec.source_files()}
+    images: list[Any] = []
+    if spec.images is not None:
+        # Names and sizes: cheap, and they change whenever an image is replaced or renamed.
+        images = sorted((str(p.relative_to(spec.images)), p.stat().st_size)
+                        for p in spec.images.rglob("*") if p.is_file())
+    params = {k: str(v) for k, v in vars(spec).items()}
+    return fingerprint("records", params, files, images)
+
+
+def ingest(spec: DatasetSpec, out: Path, shard_rows: int, lenient: bool,
+           force: bool = False) -> dict[str, Any]:
+    """Read + validate the dataset and write `<out>/records`. Validation runs before any
+    output is written: in strict mode a bad dataset leaves nothing behind."""
+    store = StageStore(out / SOURCE_STAGE)
+    fp = fingerprint(dataset_fingerprint(spec), shard_rows, lenient)
+    if not force and store.is_complete() and store.manifest().get("fingerprint") == fp:
+        return store.manifest()
+    start = time.perf_counter()
+    result = read_dataset(spec)
+    if result.problems and not lenient:
+        raise DatasetError(describe_problems(result.problems))
+    if result.records.num_rows == 0:
+        raise DatasetError(f"{spec.captions}: no usable (image, caption) records")
+    store.prepare()
+    store.clear()
+    rejects = None
+    if result.problems:
+        rejects = write_table(store.root / "rejects.parquet", problems_table(result.problems))
+        log.warning("records: %d problem(s) written to %s", len(result.problems),
+                    store.root / "rejects.parquet")
+    else:
+        (store.root / "rejects.parquet").unlink(missing_ok=True)
+    schema = with_stage_metadata(RECORD_SCHEMA, SOURCE_STAGE,
+                                 {k: str(v) for k, v in vars(spec).items()}, {})
+    table = result.records.cast(schema)
+    shards = []
+    for i, offset in enumerate(range(0, table.num_rows, shard_rows)):
+        st = store.write_shard(i, table.slice(offset, shard_rows), fp, None, 0.0)
+        shards.append({"file": st.file, "rows": st.rows, "sha256": st.sha256})
+    wall = time.perf_counter() - start
+    manifest = {
+        "stage": SOURCE_STAGE, "kind": "read-dataset", "duchkit_version": __version__,
+        "parameters": {k: str(v) for k, v in vars(spec).items()}, "models": {},
+        "seed": None, "input_fingerprint": dataset_fingerprint(spec), "fingerprint": fp,
+        "shards": shards, "rows": table.num_rows,
+        "rejects": {"rows": len(result.problems), "sha256": rejects,
+                    "counts": dict(result.problem_counts())},
+        "wall_time_s": round(wall, 3), "rows_per_s": round(table.num_rows / max(wall, 1e-9), 1),
+    }
+    atomic_write_json(store.manifest_path, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------- map stages
+
+def stage_fingerprint(entry: StageEntry, seed: int, input_fp: str) -> str:
+    st = entry.stage
+    return fingerprint(st.kind, getattr(st, "version", 1), st.params(), st.models(), seed,
+                       input_fp)
+
+
+def _tasks(entry: StageEntry, input_store: StageStore, store: StageStore, fp: str
+           ) -> tuple[list[ShardTask], list[dict]]:
+    """Split the input shards into those still to compute and those already done."""
+    todo, done = [], []
+    for i, shard in enumerate(input_store.manifest()["shards"]):
+        status = store.completed(i, fp, shard["sha256"])
+        if status is not None:
+            done.append(status.__dict__)
+        else:
+            todo.append(ShardTask(i, input_store.root / shard["file"], shard["sha256"],
+                                  store.root, fp))
+    return todo, done
+
+
+def plan_stage(entry: StageEntry, out: Path, seed: int) -> StagePlan:
+    input_store, store = StageStore(out / entry.input), StageStore(out / entry.name)
+    if not input_store.is_complete():
+        return StagePlan(entry.name, "new", 0, 0)
+    in_manifest = input_store.manifest()
+    fp = stage_fingerprint(entry, seed, in_manifest["fingerprint"])
+    todo, done = _tasks(entry, input_store, store, fp)
+    total = len(in_manifest["shards"])
+    if store.is_complete() and not todo and store.manifest().get("fingerprint") == fp:
+        return StagePlan(entry.name, "complete", total, total)
+    if done:
+        return StagePlan(entry.name, "resume", len(done), total)
+    return StagePlan(entry.name, "recompute" if store.root.exists() else "new", 0, total)
+
+
+def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
+              engine: str = "local", progress: bool = True) -> dict[str, Any]:
+    input_store, store = StageStore(out / entry.input), StageStore(out / entry.name)
+    in_manifest = input_store.manifest()
+    input_schema = input_store.schema()
+    entry.stage.check_input(input_schema, f"stage '{entry.input}'")
+    fp = stage_fingerprint(entry, ctx.seed, in_manifest["fingerprint"])
+    schema = with_stage_metadata(entry.stage.output_schema(input_schema), entry.name,
+                                 entry.stage.params(), entry.stage.models())
+    store.prepare()
+    if store.is_complete() and store.manifest().get("fingerprint") != fp:
+        log.info("%s: parameters or input changed, recomputing", entry.name)
+        store.clear()
+    store.manifest_path.unlink(missing_ok=True)  # incomplete until this run finishes
+    store.drop_shards_from(len(in_manifest["shards"]))
+    todo, done = _tasks(entry, input_store, store, fp)
+    rows_in = {i: s["rows"] for i, s in enumerate(in_manifest["shards"])}
+    log.info("%s: %d shard(s) to compute, %d already complete", entry.name, len(todo), len(done))
+    ctx = StageContext(ctx.seed, ctx.device, out / "_cache", store.root, ctx.log)
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    statuses = list(done)
+    bar = tqdm(total=sum(rows_in[t.index] for t in todo), desc=entry.name, unit="row",
+               disable=not progress or not todo, dynamic_ncols=True)
+    with bar:
+        for status in make_engine(engine, workers).map(entry.stage, ctx, schema, todo):
+            statuses.append(status.__dict__)
+            bar.update(rows_in[status.index])
+    wall = time.perf_counter() - start
+    statuses.sort(key=lambda s: s["index"])
+    computed_rows = sum(rows_in[t.index] for t in todo)
+    manifest = {
+        "stage": entry.name, "kind": entry.stage.kind, "duchkit_version": __version__,
+        "parameters": entry.stage.params(), "models": entry.stage.models(), "seed": ctx.seed,
+        "device": ctx.device, "input": entry.input, "input_fingerprint": in_manifest["fingerprint"],
+        "fingerprint": fp,
+        "shards": [{"file": s["file"], "rows": s["rows"], "sha256": s["sha256"],
+                    "input_sha256": s["input_sha256"]} for s in statuses],
+        "rows": sum(s["rows"] for s in statuses),
+        "shards_computed": len(todo), "shards_reused": len(done),
+        "wall_time_s": round(wall, 3),
+        "rows_per_s": round(computed_rows / wall, 1) if todo and wall > 0 else None,
+    }
+    atomic_write_json(store.manifest_path, manifest)
+    log.info("%s: done, %d rows, %.2f s", entry.name, manifest["rows"], wall)
+    return manifest
+
+
+def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool = True,
+                 engine: str = "local") -> list[StagePlan] | dict[str, dict]:
+    out = config.run.out
+    if dry_run:
+        records = StageStore(out / SOURCE_STAGE)
+        plans = [StagePlan(SOURCE_STAGE, "complete" if records.is_complete() else "new", 0, 0)]
+        return plans + [plan_stage(e, out, config.run.seed) for e in config.stages]
+    setup_logging(out)
+    log.info("duchkit %s: run into %s", __version__, out)
+    manifests = {SOURCE_STAGE: ingest(config.dataset, out, config.run.shard_rows,
+                                      config.run.lenient)}
+    device = resolve_device(config.run.device)
+    ctx = StageContext(seed=config.run.seed, device=device, log=log)
+    for entry in config.stages:
+        manifests[entry.name] = run_stage(entry, out, ctx, config.run.workers, engine, progress)
+    return manifests
+
+
+def read_stage(out: Path, name: str) -> pa.Table:
+    """All rows of a completed stage, for library users and tests."""
+    return StageStore(Path(out) / name).read_all()

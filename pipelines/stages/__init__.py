@@ -1,0 +1,36 @@
+"""The stage registry: config `kind` -> Stage class.
+
+Built-in stages register here by name; any other stage can be named as "package.module:Class",
+so users (and tests) plug in their own stages without touching duchkit.
+"""
+from __future__ import annotations
+
+import importlib
+
+from pipelines.stage import ConfigError, Stage
+
+# kind -> "module:Class", imported only when used so that a pipeline that never embeds images
+# never imports torchvision.
+BUILTIN = {
+    "normalise-captions": "pipelines.stages.normalise:NormaliseCaptions",
+}
+
+
+def _import(target: str, where: str) -> type[Stage]:
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}: cannot import stage {target!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise ConfigError(f"{where}: {target!r} is not a duchkit Stage")
+    return cls
+
+
+def stage_class(kind: str, where: str = "config") -> type[Stage]:
+    if kind in BUILTIN:
+        return _import(BUILTIN[kind], where)
+    if ":" in kind:
+        return _import(kind, where)
+    raise ConfigError(f"{where}: unknown stage kind {kind!r}; built-in kinds: {sorted(BUILTIN)} "
+                      "(or give 'package.module:Class')")
