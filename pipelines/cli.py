@@ -91,6 +91,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
+                  input_name: str | None = None) -> dict:
+    """Run one stage (and whatever its input needs) on the dataset of --config or the demo.
+
+    The stage subcommands (augment-text, augment-images, embed) are thin wrappers over this:
+    the stage lands in `<out>/<name>` exactly as it would inside `duchkit run`."""
+    from pipelines.config import StageEntry
+    from pipelines.runner import run_pipeline
+    from pipelines.stages import stage_class
+
+    config = load(args)
+    where = f"duchkit {args.command}"
+    stage = stage_class(kind, where).from_config(values, where)
+    input_name = input_name or "records"
+    needed, wanted = [], input_name
+    by_name = {e.name: e for e in config.stages}
+    while wanted in by_name:  # the chain of configured stages that produce the input
+        needed.insert(0, by_name[wanted])
+        wanted = by_name[wanted].input
+    if wanted != "records":
+        raise ConfigError(f"{where}: --input {input_name!r} is not a stage of the config")
+    config.stages = [e for e in needed if e.name != name] + [StageEntry(name, stage, input_name)]
+    return run_pipeline(config, progress=not getattr(args, "quiet", False))[name]
+
+
 def not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"duchkit {name}: this stage is not part of duchkit {__version__} yet.",

@@ -62,3 +62,21 @@ def stage_metadata(schema: pa.Schema) -> dict[str, Any]:
         out["params"] = json.loads(meta[b"duchkit.params"])
         out["models"] = json.loads(meta[b"duchkit.models"])
     return out
+
+
+# ---------------------------------------------------------------- contracts between stages
+# augment-images output: one row per (image, view), images deduplicated from the records.
+#   dataset, image_id, label, split, image_path,
+#   view_index int16   (0 = the clean view: centre crop only; 1..K = views of the setup)
+#   setup string       (NoAugmentation, AugmentedCenterCrop, AugmentedRandomCrop, RandomAugmentation)
+#   view_spec string   (JSON of the drawn parameters; the view is recomputable from it)
+#   [pixels binary]    (only with --save-pixels)
+IMAGE_VIEW_COLUMNS = ("dataset", "image_id", "label", "split", "image_path", "view_index",
+                      "setup", "view_spec")
+# embed (images) appends:  image_embedding  FixedSizeList<float32>[d]
+# embed (texts) appends to a records or text-variant table:
+#   caption_embedding    FixedSizeList<float32>[d]   (of `caption`, the original)
+#   augmented_embedding  FixedSizeList<float32>[d]   (of `augmented`, when that column exists)
+IMAGE_EMBEDDING = "image_embedding"
+CAPTION_EMBEDDING = "caption_embedding"
+AUGMENTED_EMBEDDING = "augmented_embedding"
