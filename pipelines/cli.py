@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from pipelines.engines import EngineUnavailable
 from pipelines.readers import DatasetError
 from pipelines.stage import ConfigError
 from pipelines.version import __version__
@@ -37,6 +38,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-rows", type=int, dest="shard_rows", help="rows per shard (default 10000)")
     p.add_argument("--lenient", action="store_true", default=None,
                    help="write bad dataset rows to rejects.parquet and go on, instead of stopping")
+    p.add_argument("--engine", choices=["local", "ray"],
+                   help="local process pool (default) or Ray Data (pip install 'duchkit[ray]')")
+    p.add_argument("--ray-address", dest="ray_address",
+                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -44,7 +49,8 @@ def load(args: argparse.Namespace):
     from pipelines.config import load_config
 
     overrides = {k: getattr(args, k, None) for k in
-                 ("out", "device", "seed", "workers", "shard_rows", "lenient")}
+                 ("out", "device", "seed", "workers", "shard_rows", "lenient", "engine",
+                  "ray_address")}
     return load_config(args.config or demo_config_path(), overrides)
 
 
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, FileNotFoundError, EngineUnavailable) as exc:
         print(f"duchkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

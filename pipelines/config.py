@@ -45,6 +45,8 @@ class RunSettings:
     device: str = "auto"
     workers: int = 1
     lenient: bool = False
+    engine: str = "local"  # "local" (process pool) or "ray" (Ray Data; needs duchkit[ray])
+    ray_address: str | None = None  # None: a local Ray instance (or $RAY_ADDRESS)
 
 
 @dataclass
@@ -121,6 +123,8 @@ def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
         run.out = _resolve(base, run.out)
     if run.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"{where}: [run] device must be auto, cpu or cuda, not {run.device!r}")
+    if run.engine not in ("local", "ray"):
+        raise ConfigError(f"{where}: [run] engine must be local or ray, not {run.engine!r}")
     if not isinstance(run.shard_rows, int) or run.shard_rows < 1:
         raise ConfigError(f"{where}: [run] shard_rows must be a positive integer")
 

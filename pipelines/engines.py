@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,10 +87,19 @@ class LocalEngine:
                 yield fut.result()
 
 
-ENGINES: dict[str, Callable[..., LocalEngine]] = {"local": LocalEngine}
+ENGINES = ("local", "ray")
 
 
-def make_engine(name: str, workers: int = 1, **options) -> LocalEngine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; available: {sorted(ENGINES)}")
-    return ENGINES[name](workers=workers, **options)
+class EngineUnavailable(RuntimeError):
+    """The engine asked for is not installed; the message says how to install it."""
+
+
+def make_engine(name: str, workers: int = 1, address: str | None = None):
+    """The local engine needs nothing beyond duchkit; Ray is imported only when asked for."""
+    if name == "local":
+        return LocalEngine(workers)
+    if name == "ray":
+        from pipelines.ray_engine import RayEngine
+
+        return RayEngine(workers=max(2, workers) if workers == 1 else workers, address=address)
+    raise ValueError(f"unknown engine {name!r}; available: {ENGINES}")

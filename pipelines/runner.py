@@ -164,7 +164,8 @@ def plan_stage(entry: StageEntry, out: Path, seed: int) -> StagePlan:
 
 
 def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
-              engine: str = "local", progress: bool = True) -> dict[str, Any]:
+              engine: str = "local", progress: bool = True,
+              ray_address: str | None = None) -> dict[str, Any]:
     input_store, store = StageStore(out / entry.input), StageStore(out / entry.name)
     in_manifest = input_store.manifest()
     input_schema = input_store.schema()
@@ -188,7 +189,7 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     bar = tqdm(total=sum(rows_in[t.index] for t in todo), desc=entry.name, unit="row",
                disable=not progress or not todo, dynamic_ncols=True)
     with bar:
-        for status in make_engine(engine, workers).map(entry.stage, ctx, schema, todo):
+        for status in make_engine(engine, workers, ray_address).map(entry.stage, ctx, schema, todo):
             statuses.append(status.__dict__)
             bar.update(rows_in[status.index])
     wall = time.perf_counter() - start
@@ -197,7 +198,7 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     manifest = {
         "stage": entry.name, "kind": entry.stage.kind, "duchkit_version": __version__,
         "parameters": entry.stage.params(), "models": entry.stage.models(), "seed": ctx.seed,
-        "device": ctx.device, "input": entry.input, "input_fingerprint": in_manifest["fingerprint"],
+        "device": ctx.device, "engine": engine, "input": entry.input, "input_fingerprint": in_manifest["fingerprint"],
         "fingerprint": fp,
         "shards": [{"file": s["file"], "rows": s["rows"], "sha256": s["sha256"],
                     "input_sha256": s["input_sha256"]} for s in statuses],
@@ -211,8 +212,8 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     return manifest
 
 
-def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool = True,
-                 engine: str = "local") -> list[StagePlan] | dict[str, dict]:
+def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool = True
+                 ) -> list[StagePlan] | dict[str, dict]:
     out = config.run.out
     if dry_run:
         records = StageStore(out / SOURCE_STAGE)
@@ -225,7 +226,8 @@ def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool =
     device = resolve_device(config.run.device)
     ctx = StageContext(seed=config.run.seed, device=device, log=log)
     for entry in config.stages:
-        manifests[entry.name] = run_stage(entry, out, ctx, config.run.workers, engine, progress)
+        manifests[entry.name] = run_stage(entry, out, ctx, config.run.workers, config.run.engine,
+                                          progress, config.run.ray_address)
     return manifests
 
 
