@@ -6,8 +6,10 @@ Backends:
 - `MarianTranslator`: Hugging Face transformers MarianMT (the OPUS-MT models). Sentences are
   sorted by token length and batched with padding to the longest of the batch only (never to a
   fixed 128), fp16 on CUDA, greedy unless `num_beams` says otherwise, and an output budget
-  derived from each batch's input length; an output that still reaches the budget is decoded
-  again with the model's full length, so nothing is cut silently.
+  derived from each batch's longest input (2x + 16 tokens by default, at most the model's
+  positions), never a fixed cut. A translation needs far less; an output that reaches the
+  budget is a degenerate loop, and it comes back with the note "hit-length-limit" rather than
+  being decoded at more cost into a longer loop.
 - `CTranslate2Translator`: the same checkpoints converted once to CTranslate2 (the fast path on
   CPU and GPU); the caller says where the converted model is cached.
 - `FastTranslateTranslator`: the Firefox Translations en<->pt Marian models shipped inside the
@@ -202,25 +204,21 @@ class MarianTranslator(_Base):
         ids = tokenizer(list(texts), truncation=False)["input_ids"]
         out: list[tuple[str, str | None]] = [("", None)] * len(texts)
         cap = model.config.max_position_embeddings
+        fixed = bool(self.decoding.fixed_new_tokens)
         for batch in _length_batches([len(x) for x in ids], self.batch_size):
-            longest = max(len(ids[i]) for i in batch)
-            limit = self.decoding.budget(longest, cap)
-            texts_b, hit = self._generate(tokenizer, model, [ids[i] for i in batch], limit)
-            # Outputs that used the whole budget may have been cut: decode them again with the
-            # model's full length. Only a fixed budget (benchmarks) skips this on purpose.
-            redo = [j for j, h in enumerate(hit) if h] if not self.decoding.fixed_new_tokens else []
-            if redo and limit < cap:
-                again, hit2 = self._generate(tokenizer, model, [ids[batch[j]] for j in redo], cap)
-                for j, t, h in zip(redo, again, hit2):
-                    texts_b[j], hit[j] = t, h
+            budgets = [self.decoding.budget(len(ids[i]), cap) for i in batch]
+            texts_b, hit = self._generate(tokenizer, model, [ids[i] for i in batch], budgets)
             for j, i in enumerate(batch):
-                note = "hit-length-limit" if hit[j] and not self.decoding.fixed_new_tokens else None
-                out[i] = (texts_b[j], note)
+                out[i] = (texts_b[j], "hit-length-limit" if hit[j] and not fixed else None)
         return out
 
-    def _generate(self, tokenizer, model, ids: list[list[int]], limit: int):
+    def _generate(self, tokenizer, model, ids: list[list[int]], budgets: list[int]):
+        """Decode a batch for max(budgets) steps, then hold every row to its own budget, so
+        a sentence comes out the same whatever batch it lands in (and whatever the cache
+        remembers for it)."""
         import torch
 
+        limit = max(budgets)
         enc = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         kw = {"min_new_tokens": limit} if self.decoding.fixed_new_tokens else {}
@@ -229,14 +227,16 @@ class MarianTranslator(_Base):
                                  max_new_tokens=limit, max_length=None, **kw)
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
-        hit = []
-        for row in gen.tolist():
+        contents, hit = [], []
+        for row, budget in zip(gen.tolist(), budgets):
             body = row[1:]  # after the decoder start token
-            # Finished = an end token before the last position (a forced one AT the limit
-            # means the budget ran out).
-            ends = [k for k, t in enumerate(body) if t in eos]
-            hit.append(len(body) >= limit and (not ends or ends[0] >= limit - 1))
-        return tokenizer.batch_decode(gen, skip_special_tokens=True), hit
+            end = next((k for k, t in enumerate(body) if t in eos), None)
+            # Finished = an end token before the row's last step (the model forces one AT the
+            # last step: that one means the budget ran out).
+            done = end is not None and end < budget - 1
+            contents.append(body[:end] if done else body[:budget - 1])
+            hit.append(not done)
+        return tokenizer.batch_decode(contents, skip_special_tokens=True), hit
 
 
 # ---------------------------------------------------------------- CTranslate2
@@ -329,28 +329,23 @@ class CTranslate2Translator(_Base):
         tokens = [tokenizer.convert_ids_to_tokens(x) for x in ids]
         cap = self.max_input_tokens or 512
         out: list[tuple[str, str | None]] = [("", None)] * len(texts)
+        fixed = bool(self.decoding.fixed_new_tokens)
         for batch in _length_batches([len(x) for x in ids], self.batch_size):
-            longest = max(len(ids[i]) for i in batch)
-            limit = self.decoding.budget(longest, cap)
-            kw = {"min_decoding_length": limit} if self.decoding.fixed_new_tokens else {}
+            # transformers spends a row's last step on a forced end token: so do we (budget-1),
+            # and every row is held to its own budget (see MarianTranslator._generate).
+            budgets = [self.decoding.budget(len(ids[i]), cap) - (0 if fixed else 1)
+                       for i in batch]
+            limit = max(budgets)
+            kw = {"min_decoding_length": limit} if fixed else {}
             results = translator.translate_batch(
                 [tokens[i] for i in batch], beam_size=self.decoding.num_beams,
                 max_input_length=0, max_decoding_length=limit, max_batch_size=0, **kw)
-            hyps = [r.hypotheses[0] for r in results]
-            hit = [len(h) >= limit for h in hyps]
-            redo = [j for j, h in enumerate(hit) if h] if not self.decoding.fixed_new_tokens else []
-            if redo and limit < cap:
-                again = translator.translate_batch(
-                    [tokens[batch[j]] for j in redo], beam_size=self.decoding.num_beams,
-                    max_input_length=0, max_decoding_length=cap, max_batch_size=0)
-                for j, r in zip(redo, again):
-                    hyps[j] = r.hypotheses[0]
-                    hit[j] = len(hyps[j]) >= cap
             for j, i in enumerate(batch):
-                text = tokenizer.decode(tokenizer.convert_tokens_to_ids(hyps[j]),
+                hyp, budget = results[j].hypotheses[0], budgets[j]
+                hit = len(hyp) >= budget
+                text = tokenizer.decode(tokenizer.convert_tokens_to_ids(hyp[:budget]),
                                         skip_special_tokens=True)
-                note = "hit-length-limit" if hit[j] and not self.decoding.fixed_new_tokens else None
-                out[i] = (text, note)
+                out[i] = (text, "hit-length-limit" if hit and not fixed else None)
         return out
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 
 def build_marian(out: Path, sentences: list[str], *, spm_vocab: int = 200,
-                 opus_mt_sized: bool = False, seed: int = 0, never_stop: bool = False) -> Path:
+                 opus_mt_sized: bool = False, seed: int = 0, never_stop: bool = True) -> Path:
     """Write a MarianMT model + MarianTokenizer to `out` and return it.
 
-    never_stop: forbid the end-of-sentence token, so every output runs to the length limit the
-    caller derives (used to show that limit grows with the input instead of being a fixed cut).
+    never_stop: forbid the end-of-sentence token (the default), so every output runs to the
+    length budget the caller derives: outputs are never empty and their length is known, which
+    shows the budget grows with the input instead of being a fixed cut.
     """
     import sentencepiece as spm
     import torch
@@ -58,14 +59,19 @@ def build_marian(out: Path, sentences: list[str], *, spm_vocab: int = 200,
         dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
              decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
     pad = vocab["<pad>"]
+    # A larger init spread than the default 0.02 makes the random outputs depend on the input.
+    extra = {} if opus_mt_sized else {"init_std": 0.5}
     config = MarianConfig(vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=pad,
                           decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=0,
-                          scale_embedding=True, share_encoder_decoder_embeddings=True, **size)
+                          scale_embedding=True, share_encoder_decoder_embeddings=True, **size,
+                          **extra)
     torch.manual_seed(seed)
     model = MarianMTModel(config)
-    if never_stop:
+    if never_stop:  # no end token, and no token that decodes to nothing (<unk>, a bare space)
         with torch.no_grad():
-            model.final_logits_bias[0, 0] = -1e4
+            for piece in ("</s>", "<unk>", "\u2581"):
+                if piece in vocab:
+                    model.final_logits_bias[0, vocab[piece]] = -1e4
     model.generation_config.bad_words_ids = [[pad]]
     model.generation_config.max_length = 512
     model.generation_config.num_beams = 4  # as OPUS-MT ships: our code must ask for greedy itself
