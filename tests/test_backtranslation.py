@@ -96,6 +96,13 @@ def test_marian_batches_sorted_dynamic_padding_greedy_and_derived_budget(tiny_di
         specs(tiny_dir, "en-xx"), Decoding(num_beams=4)).cache_namespace("en", "xx")
 
 
+def test_characters_the_tokenizer_cannot_encode_are_noted(tiny_dir):
+    tr = MarianTranslator(specs(tiny_dir, "en-xx"))
+    (plain, n1), (odd, n2) = tr.translate_with_notes(["A plane .", "A plane \u2603\u4e2d ."],
+                                                     "en", "xx")
+    assert n1 == "hit-length-limit" and "unknown-characters" in n2 and odd
+
+
 def test_long_input_is_never_cut_to_a_fixed_length(tiny_dir, ucm_captions):
     tr = MarianTranslator(specs(tiny_dir, "en-xx"))
     tokenizer, model = tr._model("en", "xx")
