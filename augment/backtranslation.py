@@ -129,7 +129,8 @@ class BackTranslator:
         try:
             res = run(texts, src, tgt)
             if len(res) != len(texts):
-                raise RuntimeError(f"translator returned {len(res)} outputs for {len(texts)} inputs")
+                raise RuntimeError(f"translator returned {len(res)} outputs for {len(texts)} "
+                                   "inputs")
             return res
         except TranslatorError:
             raise  # a pair without a usable model is the run's problem, not one row's

@@ -182,7 +182,8 @@ class BackTranslate(Stage):
             self.setup(ctx)
         bt = self._runtime
         ids = [str(c) for c in table.column("caption_id").to_pylist()]
-        texts = [t if isinstance(t, str) else "" for t in table.column(self.text_column).to_pylist()]
+        texts = [t if isinstance(t, str) else ""
+                 for t in table.column(self.text_column).to_pylist()]
         bt.stats.clear()
         results = bt.run(texts, self.paths_for(ids, ctx))
         for st in bt.stats:
