@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from pipelines.commands import backtranslation_cli
 from pipelines.engines import EngineUnavailable
 from pipelines.readers import DatasetError
 from pipelines.stage import ConfigError
@@ -122,6 +123,16 @@ def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
     return run_pipeline(config, progress=not getattr(args, "quiet", False))[name]
 
 
+def cmd_augment_text(args: argparse.Namespace) -> int:
+    if args.method == "backtranslation":
+        name = args.name or backtranslation_cli.default_name(args)
+        m = run_one_stage(args, backtranslation_cli.KIND, name,
+                          backtranslation_cli.to_stage_values(args), args.input)
+    print(f"duchkit augment-text: {m['rows']} rows in {len(m['shards'])} shard(s) -> "
+          f"{load(args).run.out / name}")
+    return 0
+
+
 def not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"duchkit {name}: this stage is not part of duchkit {__version__} yet.",
@@ -151,8 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="output file (default: in DIR/export)")
     p.set_defaults(func=cmd_export)
 
-    for name, text in [("augment-text", "caption augmentation (rule-based, back-translation)"),
-                       ("augment-images", "image augmentation views"),
+    p = sub.add_parser("augment-text", help="caption augmentation (rule-based, back-translation)")
+    _common(p)
+    p.add_argument("--method", required=True, choices=["backtranslation"])
+    p.add_argument("--name", help="output stage name (default: the method's)")
+    p.add_argument("--input", help="input stage (default: records)")
+    backtranslation_cli.add_arguments(p)
+    p.set_defaults(func=cmd_augment_text)
+
+    for name, text in [("augment-images", "image augmentation views"),
                        ("embed", "image and text embeddings"),
                        ("train", "train DUCH from embedding shards"),
                        ("evaluate", "hash codes and retrieval metrics"),

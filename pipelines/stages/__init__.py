@@ -13,6 +13,7 @@ from pipelines.stage import ConfigError, Stage
 # never imports torchvision.
 BUILTIN = {
     "normalise-captions": "pipelines.stages.normalise:NormaliseCaptions",
+    "backtranslate": "pipelines.stages.backtranslate:BackTranslate",
 }
 
 
