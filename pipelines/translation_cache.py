@@ -8,6 +8,7 @@ and write at once (WAL mode, a busy timeout) and any tool can open the file.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 _CHUNK = 500  # SQLite's bound-parameter limit is 999 on old builds
@@ -17,13 +18,23 @@ class SQLiteTranslationCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS translations (namespace TEXT NOT NULL, "
-                         "source TEXT NOT NULL, target TEXT NOT NULL, note TEXT, "
-                         "PRIMARY KEY (namespace, source)) WITHOUT ROWID")
-        self._db.commit()
+        # One connection per thread: SQLite connections may not cross threads, and engines
+        # (Ray actors, for one) set a stage up in one thread and call it from another.
+        self._local = threading.local()
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS translations (namespace TEXT NOT NULL, "
+                   "source TEXT NOT NULL, target TEXT NOT NULL, note TEXT, "
+                   "PRIMARY KEY (namespace, source)) WITHOUT ROWID")
+        db.commit()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     def lookup(self, namespace: str, texts: list[str]) -> dict[str, tuple[str, str | None]]:
         found: dict[str, tuple[str, str | None]] = {}
