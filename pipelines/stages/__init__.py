@@ -13,6 +13,9 @@ from pipelines.stage import ConfigError, Stage
 # never imports torchvision.
 BUILTIN = {
     "normalise-captions": "pipelines.stages.normalise:NormaliseCaptions",
+    "augment-images": "pipelines.stages.augment_images:AugmentImages",
+    "embed-images": "pipelines.stages.embed:EmbedImages",
+    "embed-texts": "pipelines.stages.embed:EmbedTexts",
 }
 
 
