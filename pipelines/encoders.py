@@ -153,12 +153,16 @@ def _load_checkpoint(path: Path, arch: str | None, where: str):
     if not path.is_file():
         raise ConfigError(f"{where}: checkpoint {path} is not a file")
     try:
-        return torch.jit.load(str(path), map_location="cpu"), "torchscript"
-    except Exception:
-        pass
-    try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        try:  # a TorchScript module (torch.jit.save) is not a state dict
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+        except Exception:
+            pass
         raise ConfigError(f"{where}: cannot read checkpoint {path} ({type(exc).__name__}: "
                           f"{exc}); expected a state dict or {{'arch', 'state_dict'}}") from exc
     if isinstance(obj, dict) and "state_dict" in obj:

@@ -98,6 +98,18 @@ def _collate(items: list[np.ndarray]):
     return torch.from_numpy(np.concatenate(items))
 
 
+def _loader_context():
+    """Workers come from a forkserver, not a fork of this process: forking a process whose
+    OpenCV/OpenMP thread pools have run deadlocks the child (seen here: a worker stuck on a
+    futex). The server preloads the decoding modules once, so each worker starts fast."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["augment.image_views", "pipelines.stages.augment_images",
+                                "pipelines.stages.embed"])
+    return ctx
+
+
 def _worker_init(_: int) -> None:
     import cv2
 
@@ -160,7 +172,8 @@ class EmbedImages(_ModelStage):
         loader = DataLoader(dataset, batch_size=max(1, self.batch_size // views_per_image),
                             num_workers=workers, collate_fn=_collate,
                             pin_memory=ctx.device == "cuda", worker_init_fn=_worker_init,
-                            prefetch_factor=4 if workers else None)
+                            prefetch_factor=4 if workers else None,
+                            multiprocessing_context=_loader_context() if workers else None)
         out = np.zeros((table.num_rows, enc.dim), np.float32)
         flat = [r for g in order for r in g]
         pos = 0
