@@ -20,6 +20,7 @@ Random crops are drawn only where the crop lies inside the rotated image.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -253,20 +254,33 @@ class Compose:
 
 # ---------------------------------------------------------------- deterministic application
 
-_JITTER = A.ColorJitter(p=1.0)  # only its deterministic `apply(img, **params)` is used
+# One instance per op, used only through its deterministic `apply(img, **params)` with the
+# parameters of the spec: no per-call construction (costly in albumentations 2), no use of its
+# random state.
+_JITTER = A.ColorJitter(p=1.0)
+_BLUR = A.GaussianBlur(p=1.0)
+_AFFINE = A.Affine(interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
+_CROP = A.Crop(x_min=0, y_min=0, x_max=1, y_max=1, p=1.0)
 
 
 def _apply_blur(img: np.ndarray, op: dict) -> np.ndarray:
-    k, s = int(op["kernel"]), float(op["sigma"])
-    t = A.GaussianBlur(blur_limit=(k, k), sigma_limit=(s, s), p=1.0)
-    return t(image=img)["image"]
+    from albumentations.augmentations.blur.functional import create_gaussian_kernel_1d
+
+    kernel = create_gaussian_kernel_1d(float(op["sigma"]), int(op["kernel"]))
+    return _BLUR.apply(img, kernel=kernel)
+
+
+def rotation_matrix(width: int, height: int, angle: float, zoom: float) -> np.ndarray:
+    """3x3 forward matrix: rotate by `angle` degrees (counter-clockwise) about the image
+    centre and scale by `zoom`, keeping the canvas."""
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    return np.vstack([cv2.getRotationMatrix2D(centre, angle, zoom), [0.0, 0.0, 1.0]])
 
 
 def _apply_rotate(img: np.ndarray, op: dict) -> np.ndarray:
-    a, z = float(op["angle"]), float(op["zoom"])
-    t = A.Affine(rotate=(a, a), scale=(z, z), interpolation=cv2.INTER_LINEAR,
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
-    return t(image=img)["image"]
+    h, w = img.shape[:2]
+    matrix = rotation_matrix(w, h, float(op["angle"]), float(op["zoom"]))
+    return _AFFINE.apply(img, matrix=matrix, output_shape=(h, w))
 
 
 def _apply_jitter(img: np.ndarray, op: dict) -> np.ndarray:
@@ -279,7 +293,7 @@ def _apply_crop(img: np.ndarray, op: dict) -> np.ndarray:
     x, y, n = int(op["x"]), int(op["y"]), int(op["size"])
     if y + n > img.shape[0] or x + n > img.shape[1] or x < 0 or y < 0:
         raise ValueError(f"crop {op} does not fit an image of {img.shape[1]}x{img.shape[0]}")
-    return A.Crop(x_min=x, y_min=y, x_max=x + n, y_max=y + n, p=1.0)(image=img)["image"]
+    return _CROP.apply(img, crop_coords=(x, y, x + n, y + n))
 
 
 APPLY: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
@@ -294,7 +308,12 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     """Resize to the encoder's square input (bilinear, as PIL/torchvision do for upsampling)."""
     if img.shape[0] == size and img.shape[1] == size:
         return img
-    return A.Resize(size, size, interpolation=cv2.INTER_LINEAR, p=1.0)(image=img)["image"]
+    return _resizer(size).apply(img)
+
+
+@functools.lru_cache(maxsize=8)
+def _resizer(size: int) -> A.Resize:
+    return A.Resize(size, size, interpolation=cv2.INTER_LINEAR, p=1.0)
 
 
 # ---------------------------------------------------------------- setups and view specs
