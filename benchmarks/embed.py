@@ -24,6 +24,11 @@ features the authors' pattern really produces are reported as `baseline_as_autho
 (how far their features are from the eval-mode ones). Augmented views use different random
 draws in the two paths and are compared by throughput only.
 
+Threads (CPU): both paths run with the same torch intra-op threads, the cores left beside our
+one decoding worker (1 on 2 cores; --threads to change). On this shared 2-core machine two
+threads per process made every path 4-7x slower and the timings erratic.
+Batches: ours uses the stage defaults (CPU 4 views, measured fastest here; CUDA 512).
+
 Also reported: per-transform images/s of our spec-replayed albumentations ops (draw + apply,
 on decoded arrays) next to torchvision's PIL transforms for the same transform.
 """

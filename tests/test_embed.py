@@ -283,6 +283,20 @@ def test_bad_images_strict_names_file_lenient_writes_rejects(tmp_path, demo_dir)
     assert any("truncated" in r["reason"] or "decode" in r["reason"] for r in rejects)
 
 
+def test_embed_images_names_an_image_gone_since_augmentation(tmp_path, demo_dir, effnet):
+    src = next((demo_dir / "ucm" / "images" / "beach").glob("*.jpg"))
+    copy = tmp_path / "vanishing.jpg"
+    copy.write_bytes(src.read_bytes())
+    rows = [{"dataset": "t", "image_id": "v", "caption_id": "v-0", "caption_index": 0,
+             "label": "x", "split": "train", "image_path": str(copy), "caption": "c"}]
+    views = AugmentImages(views=1).process(pa.Table.from_pylist(rows), StageContext())
+    copy.unlink()
+    stage = EmbedImages(loader_workers=1)
+    stage._encoder = effnet
+    with pytest.raises(ConfigError, match="vanishing.jpg"):
+        stage.process(views, StageContext())
+
+
 def test_stage_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="augmentation"):
         AugmentImages.from_config({"augmentation": "Mosaic"}, "cfg")

@@ -107,16 +107,9 @@ class AugmentImages(Stage):
         return ImageAugParams(self.crop, tuple(self.blur_sigma), tuple(self.rotation_degrees),
                               self.jitter_strength)
 
-    def params(self) -> dict:
-        out = super().params()
-        out.pop("_params", None)
-        return out
-
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        fields = [input_schema.field(c) if c in input_schema.names else None
-                  for c in IMAGE_VIEW_COLUMNS]
-        schema = pa.schema([
-            fields[0], fields[1], fields[2], fields[3], fields[4],
+        carried = [input_schema.field(c) for c in IMAGE_VIEW_COLUMNS[:5]]  # from the records
+        schema = pa.schema(carried + [
             pa.field("view_index", pa.int16(), nullable=False),
             pa.field("setup", pa.string(), nullable=False),
             pa.field("view_spec", pa.string(), nullable=False),

@@ -67,7 +67,8 @@ class _ModelStage(Stage):
                                                     and self.batch_size != -1):
             raise ConfigError(f"batch_size must be a positive integer (or -1: auto), "
                               f"not {self.batch_size!r}")
-        parse_source(self.model, "model") if not str(self.model).startswith("timm:") else None
+        if not str(self.model).startswith("timm:"):
+            parse_source(self.model, "model")  # names a missing path or package now
 
     def models(self) -> dict[str, str]:
         if str(self.model).startswith("timm:"):
@@ -209,11 +210,16 @@ class EmbedImages(_ModelStage):
         out = np.zeros((table.num_rows, enc.dim), np.float32)
         flat = [r for g in order for r in g]
         pos = 0
-        with _cpu_threads_beside(workers if ctx.device == "cpu" else 0):
-            for batch in loader:
-                feats = enc.encode(batch, ctx.device, self.precision)
-                out[flat[pos:pos + len(feats)]] = feats
-                pos += len(feats)
+        from pipelines.stages.augment_images import BadImage
+
+        try:
+            with _cpu_threads_beside(workers if ctx.device == "cpu" else 0):
+                for batch in loader:
+                    feats = enc.encode(batch, ctx.device, self.precision)
+                    out[flat[pos:pos + len(feats)]] = feats
+                    pos += len(feats)
+        except BadImage as exc:  # re-raised from a worker with its traceback appended
+            raise ConfigError(f"embed-images: {str(exc).strip().splitlines()[-1]}") from None
         keep = [n for n in table.column_names if n not in (IMAGE_EMBEDDING, "pixels")]
         return table.select(keep).append_column(IMAGE_EMBEDDING, _fixed_list(out))
 
