@@ -61,7 +61,8 @@ def decode_rgb(data: bytes, name: str, min_side: int = 0) -> DecodedImage:
         im = Image.open(io.BytesIO(data))
         im.load()
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") \
+            from exc
     mode, size = im.mode, im.size
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
