@@ -13,6 +13,8 @@ consumers take distinct (image_id, view_index).
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -118,27 +120,40 @@ class AugmentImages(Stage):
             schema = schema.append(pa.field("pixels", pa.binary()))
         return schema
 
+    def _decoded(self, firsts: list[tuple[str, int]], paths: list[str], chunk: int = 256):
+        """Decode images in a thread pool (PIL and OpenCV release the GIL), a chunk at a time
+        so memory stays bounded; yields (image_id, row, DecodedImage | BadImage) in order.
+        Every image is decoded fully here, so a truncated file is caught at this stage."""
+        def load(item):
+            image_id, i = item
+            try:
+                return image_id, i, read_image(paths[i], image_id, self.crop)
+            except BadImage as exc:
+                return image_id, i, exc
+
+        threads = max(1, min(16, os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads) as pool:
+            for start in range(0, len(firsts), chunk):
+                yield from pool.map(load, firsts[start:start + chunk])
+
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
         clean = build_setup(CLEAN_SETUP, self._params)
         setup = build_setup(self.augmentation, self._params)
         cols = {c: table.column(c).to_pylist() for c in self.requires}
-        seen: set[str] = set()
         out: dict[str, list] = {c: [] for c in IMAGE_VIEW_COLUMNS}
         if self.save_pixels:
             out["pixels"] = []
         rejects: list[dict] = []
+        firsts: dict[str, int] = {}  # image id -> its first row, in input order
         for i, image_id in enumerate(cols["image_id"]):
-            if image_id in seen:
-                continue
-            seen.add(image_id)
-            try:
-                image = read_image(cols["image_path"][i], image_id, self.crop)
-            except BadImage as exc:
+            firsts.setdefault(image_id, i)
+        for image_id, i, image in self._decoded(list(firsts.items()), cols["image_path"]):
+            if isinstance(image, BadImage):
                 if self.on_bad_image == "error":
-                    raise ConfigError(f"augment-images: {exc} (set on_bad_image = \"skip\" or "
-                                      "--lenient to record it in rejects and go on)") from exc
+                    raise ConfigError(f"augment-images: {image} (set on_bad_image = \"skip\" or "
+                                      "--lenient to record it in rejects and go on)") from image
                 rejects.append({"image_id": image_id, "image_path": cols["image_path"][i],
-                                "reason": str(exc)})
+                                "reason": str(image)})
                 continue
             for view in range(self.views + 1):
                 rng = ctx.rng_for("image-view", image_id, view)
