@@ -272,8 +272,8 @@ def _apply_blur(img: np.ndarray, op: dict) -> np.ndarray:
 
 
 def rotation_matrix(width: int, height: int, angle: float, zoom: float) -> np.ndarray:
-    """3x3 forward matrix: rotate by `angle` degrees (counter-clockwise) about the image
-    centre and scale by `zoom`, keeping the canvas."""
+    """3x3 forward matrix: rotate by `angle` degrees (counter-clockwise, as torchvision's
+    rotate) about the image centre and scale by `zoom`, keeping the canvas."""
     centre = ((width - 1) / 2.0, (height - 1) / 2.0)
     return np.vstack([cv2.getRotationMatrix2D(centre, angle, zoom), [0.0, 0.0, 1.0]])
 
