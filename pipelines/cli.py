@@ -99,11 +99,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
-                  input_name: str | None = None) -> dict:
+                  input_name: str | None = None, prior: Callable | None = None) -> dict:
     """Run one stage (and whatever its input needs) on the dataset of --config or the demo.
 
     The stage subcommands (augment-text, augment-images, embed) are thin wrappers over this:
-    the stage lands in `<out>/<name>` exactly as it would inside `duchkit run`."""
+    the stage lands in `<out>/<name>` exactly as it would inside `duchkit run`. `prior(out,
+    names)` may add stages an earlier subcommand wrote into the output folder."""
     from pipelines.config import StageEntry
     from pipelines.runner import run_pipeline
     from pipelines.stages import stage_class
@@ -114,6 +115,8 @@ def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
     input_name = input_name or "records"
     needed, wanted = [], input_name
     by_name = {e.name: e for e in config.stages}
+    if prior is not None and input_name not in by_name:
+        by_name.update({e.name: e for e in prior(config.run.out, set(by_name) | {name})})
     while wanted in by_name:  # the chain of configured stages that produce the input
         needed.insert(0, by_name[wanted])
         wanted = by_name[wanted].input
@@ -170,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     backtranslation_cli.add_arguments(p)
     p.set_defaults(func=cmd_augment_text)
 
-    for name, text in [("augment-images", "image augmentation views"),
-                       ("embed", "image and text embeddings"),
-                       ("train", "train DUCH from embedding shards"),
+    from pipelines.cli_embed import add_commands as add_image_and_embed_commands
+
+    add_image_and_embed_commands(sub, _common, run_one_stage)
+    for name, text in [("train", "train DUCH from embedding shards"),
                        ("evaluate", "hash codes and retrieval metrics"),
                        ("study", "the augmentation comparison study"),
                        ("search", "query a hash index")]:

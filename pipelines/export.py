@@ -28,6 +28,8 @@ SUFFIX = {"captions-json": ".json", "jsonl": ".jsonl", "csv": ".csv"}
 
 
 def text_column(schema: pa.Schema) -> str | None:
+    if any(pa.types.is_fixed_size_list(f.type) for f in schema):
+        return None  # an embedding stage: it carries its input's text, it makes none
     for name in ("augmented", "text"):
         if name in schema.names:
             return name

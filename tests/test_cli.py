@@ -53,7 +53,9 @@ def test_export_jsonl_and_csv_one_row_per_variant(demo_run, tmp_path):
     assert main(["export", str(demo_run), "--format", "jsonl", "-o", str(jl)]) == 0
     lines = [json.loads(x) for x in jl.read_text().splitlines()]
     assert "duchkit" in lines[0] and len(lines) == 1 + 2 * 525  # captions + backtranslation
-    assert lines[1]["variant"] == "There is a piece of farmland."
+    first = {r["stage"]: r["variant"] for r in lines[1:] if r["caption_id"] == "1.tif#0"}
+    assert first == {"captions": "There is a piece of farmland.",
+                     "backtranslation": "There is a piece of agricultural land."}
     c = tmp_path / "c.csv"
     assert main(["export", str(demo_run), "--format", "csv", "-o", str(c)]) == 0
     body = [line for line in c.read_text().splitlines() if not line.startswith("#")]

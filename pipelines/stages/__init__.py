@@ -14,6 +14,9 @@ from pipelines.stage import ConfigError, Stage
 BUILTIN = {
     "normalise-captions": "pipelines.stages.normalise:NormaliseCaptions",
     "backtranslate": "pipelines.stages.backtranslate:BackTranslate",
+    "augment-images": "pipelines.stages.augment_images:AugmentImages",
+    "embed-images": "pipelines.stages.embed:EmbedImages",
+    "embed-texts": "pipelines.stages.embed:EmbedTexts",
 }
 
 
