@@ -116,6 +116,21 @@ def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
     return run_pipeline(config, progress=not getattr(args, "quiet", False))[name]
 
 
+def cmd_augment_text(args: argparse.Namespace) -> int:
+    from pipelines.augment_text_cli import stage_values
+
+    method, values = stage_values(args, load(args).stages)
+    name = args.name or method.name
+    manifest = run_one_stage(args, method.kind, name, values, args.input)
+    summary = manifest.get("summary", {})
+    print(f"duchkit augment-text --method {args.method}: {manifest['rows']} rows "
+          f"({summary.get('changed', '?')} changed) in {manifest['wall_time_s']} s -> "
+          f"{load(args).run.out / name}")
+    if summary.get("reasons"):
+        print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()))
+    return 0
+
+
 def not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"duchkit {name}: this stage is not part of duchkit {__version__} yet.",
@@ -145,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="output file (default: in DIR/export)")
     p.set_defaults(func=cmd_export)
 
-    for name, text in [("augment-text", "caption augmentation (rule-based, back-translation)"),
-                       ("augment-images", "image augmentation views"),
+    from pipelines.augment_text_cli import add_parser as add_augment_text
+
+    add_augment_text(sub, _common, cmd_augment_text)
+    for name, text in [("augment-images", "image augmentation views"),
                        ("embed", "image and text embeddings"),
                        ("train", "train DUCH from embedding shards"),
                        ("evaluate", "hash codes and retrieval metrics"),

@@ -13,6 +13,7 @@ from pipelines.stage import ConfigError, Stage
 # never imports torchvision.
 BUILTIN = {
     "normalise-captions": "pipelines.stages.normalise:NormaliseCaptions",
+    "rule-augment": "pipelines.stages.rule_augment:RuleAugment",
 }
 
 
