@@ -78,7 +78,9 @@ def test_replacements_obey_every_filter(stage, sample, results):
     orig_tags = dict(zip(sample, aug.tagger.tag([tokenize(c) for c in sample])))
     checks = [(c, r, s) for c, r in changed for r, s in zip(r.replacements, steps(c, r))]
     tags_after = aug.tagger.tag([s[0] for _, _, s in checks])
-    f1_after = fresh(stage, shared=False).scorer.f1([s[1] for _, _, s in checks], [c for c, _, _ in checks])
+    # bert-score's own API, independent of our batching and reference-embedding cache
+    f1_after = aug.scorer.scorer.score([s[1] for _, _, s in checks],
+                                       [c for c, _, _ in checks], batch_size=64)[2].tolist()
     for (caption, rep, (tokens, text)), tags, f1 in zip(checks, tags_after, f1_after):
         old, new = rep.old.lower(), rep.new.lower()
         assert tokenize(caption)[rep.position] == rep.old
@@ -159,6 +161,9 @@ def test_dedup_each_distinct_caption_once(stage, sample):
     # the tagger and the scorer are called once per round, not once per caption or token
     assert many.stats["tagger_calls"] <= many.stats["rounds"] + 1
     assert many.scorer.calls <= many.stats["rounds"]
+    # each original caption is embedded once as a reference, not once per round
+    assert len(many.scorer.ref_embeddings) <= len(distinct)
+    assert many.scorer.sentences_embedded <= many.scorer.pairs_scored + len(distinct)
 
 
 def test_random_choice_is_seeded_per_caption(stage, sample):
