@@ -22,6 +22,13 @@ processed once (in "best" mode; in "random" mode each caption draws from its own
 the tag/score caches still share identical substituted sentences). GloVe neighbours are computed
 once per distinct word, in one vectorised pass.
 
+Where this differs from the authors' code (REFERENCE.md item 8), on purpose: the BERTScore
+threshold is applied (their default path ignores it); BERTScore is computed in corpus-wide
+batches instead of one call per token of every caption (same scores, see
+benchmarks/rule_augment.py, which re-implements their loop order and checks that both give the
+same captions). The paper tags with the Stanford tagger, their code with NLTK; here spaCy is
+the offline default and NLTK/stanza are backends (pos_tagging.py).
+
 Choices the paper leaves open, made here and recorded per row:
   - a candidate must be a single token of `caption_text.tokenize` (GloVe has "u.s." and
     punctuation entries) and differ from the word (case-insensitively);
