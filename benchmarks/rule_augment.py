@@ -202,7 +202,9 @@ def main() -> None:
     if args.quick and "ucm" in per_dataset:
         d = per_dataset["ucm"]
         # cost scales with distinct captions (duplicates are free): 2,032 distinct in UCM
-        result["estimated_full_ucm_s"] = round(d["wall_s"] / d["distinct"] * 2032, 1)
+        per_distinct = d["wall_s"] / d["distinct"]
+        result["estimated_full_ucm_s"] = round(per_distinct * 2032, 1)
+        result["estimated_full_ucm_ratio"] = round(10500 / (per_distinct * 2032) / base_rate, 1)
     line = json.dumps(result)
     out = REPO / "benchmarks" / "results" / f"rule_augment-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
