@@ -117,17 +117,16 @@ def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
 
 
 def cmd_augment_text(args: argparse.Namespace) -> int:
-    from pipelines.augment_text_cli import stage_values
+    from pipelines.commands import rule_cli
 
-    method, values = stage_values(args, load(args).stages)
-    name = args.name or method.name
-    manifest = run_one_stage(args, method.kind, name, values, args.input)
-    summary = manifest.get("summary", {})
-    print(f"duchkit augment-text --method {args.method}: {manifest['rows']} rows "
-          f"({summary.get('changed', '?')} changed) in {manifest['wall_time_s']} s -> "
+    if args.method == "rule":
+        name = args.name or rule_cli.default_name(args)
+        m = run_one_stage(args, rule_cli.KIND, name,
+                          rule_cli.to_stage_values(args, load(args).stages), args.input)
+    print(f"duchkit augment-text: {m['rows']} rows in {len(m['shards'])} shard(s) -> "
           f"{load(args).run.out / name}")
-    if summary.get("reasons"):
-        print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()))
+    if m.get("summary", {}).get("reasons"):
+        print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in m["summary"]["reasons"].items()))
     return 0
 
 
@@ -160,9 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="output file (default: in DIR/export)")
     p.set_defaults(func=cmd_export)
 
-    from pipelines.augment_text_cli import add_parser as add_augment_text
+    from pipelines.commands import rule_cli
 
-    add_augment_text(sub, _common, cmd_augment_text)
+    p = sub.add_parser("augment-text", help="caption augmentation (rule-based, back-translation)")
+    _common(p)
+    p.add_argument("--method", required=True, choices=["rule"])
+    p.add_argument("--name", help="output stage name (default: the method's)")
+    p.add_argument("--input", help="input stage (default: records)")
+    rule_cli.add_arguments(p)
+    p.set_defaults(func=cmd_augment_text)
+
     for name, text in [("augment-images", "image augmentation views"),
                        ("embed", "image and text embeddings"),
                        ("train", "train DUCH from embedding shards"),
