@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from pipelines.commands import backtranslation_cli
+from pipelines.commands import backtranslation_cli, rule_cli
 from pipelines.engines import EngineUnavailable
 from pipelines.readers import DatasetError
 from pipelines.stage import ConfigError
@@ -131,8 +131,14 @@ def cmd_augment_text(args: argparse.Namespace) -> int:
         name = args.name or backtranslation_cli.default_name(args)
         m = run_one_stage(args, backtranslation_cli.KIND, name,
                           backtranslation_cli.to_stage_values(args), args.input)
+    else:
+        name = args.name or rule_cli.default_name(args)
+        m = run_one_stage(args, rule_cli.KIND, name,
+                          rule_cli.to_stage_values(args, load(args).stages), args.input)
     print(f"duchkit augment-text: {m['rows']} rows in {len(m['shards'])} shard(s) -> "
           f"{load(args).run.out / name}")
+    if m.get("summary", {}).get("reasons"):
+        print("  outcomes: " + ", ".join(f"{k} {v}" for k, v in m["summary"]["reasons"].items()))
     return 0
 
 
@@ -167,10 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("augment-text", help="caption augmentation (rule-based, back-translation)")
     _common(p)
-    p.add_argument("--method", required=True, choices=["backtranslation"])
+    p.add_argument("--method", required=True, choices=["rule", "backtranslation"])
     p.add_argument("--name", help="output stage name (default: the method's)")
     p.add_argument("--input", help="input stage (default: records)")
     backtranslation_cli.add_arguments(p)
+    rule_cli.add_arguments(p)
     p.set_defaults(func=cmd_augment_text)
 
     from pipelines.cli_embed import add_commands as add_image_and_embed_commands

@@ -207,6 +207,9 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
         "wall_time_s": round(wall, 3),
         "rows_per_s": round(computed_rows / wall, 1) if todo and wall > 0 else None,
     }
+    summary = entry.stage.summarise([store.root / s["file"] for s in statuses])
+    if summary:
+        manifest["summary"] = summary
     atomic_write_json(store.manifest_path, manifest)
     log.info("%s: done, %d rows, %.2f s", entry.name, manifest["rows"], wall)
     return manifest

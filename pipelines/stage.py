@@ -69,6 +69,11 @@ class Stage:
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
         raise NotImplementedError
 
+    def summarise(self, shard_paths: list[Path]) -> dict[str, Any]:
+        """Stage-specific counts for the manifest (e.g. rows per outcome), read from the
+        stage's finished output shards; {} for none."""
+        return {}
+
     def check_input(self, input_schema: pa.Schema, where: str) -> None:
         missing = [c for c in self.requires if c not in input_schema.names]
         if missing:

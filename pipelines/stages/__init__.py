@@ -17,6 +17,7 @@ BUILTIN = {
     "augment-images": "pipelines.stages.augment_images:AugmentImages",
     "embed-images": "pipelines.stages.embed:EmbedImages",
     "embed-texts": "pipelines.stages.embed:EmbedTexts",
+    "rule-augment": "pipelines.stages.rule_augment:RuleAugment",
 }
 
 

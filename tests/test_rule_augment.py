@@ -1,0 +1,253 @@
+"""Rule-based caption augmentation (Algorithm 1) on real UCM captions with the real offline
+models: spaCy en_core_web_sm, GloVe 6B 50d, all-MiniLM-L6-v2 BERTScore."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from augment.caption_text import tokenize
+from augment.rule_augment import (CHANGED, EMPTY, NO_WORDS, RuleAugmenter, RuleConfig,
+                                  split_caption)
+from pipelines.stage import StageContext
+from pipelines.stages.rule_augment import RuleAugment
+
+THRESHOLD = 0.75
+
+
+@pytest.fixture(scope="module")
+def stage():
+    st = RuleAugment()
+    st.setup(StageContext())
+    return st
+
+
+@pytest.fixture(scope="module")
+def ucm_captions(shared_data):
+    data = json.loads((shared_data / "ucm" / "captions.json").read_text())
+    return [s["raw"] for im in data["images"] for s in im["sentences"]]
+
+
+@pytest.fixture(scope="module")
+def sample(ucm_captions):
+    """~50 distinct captions spread over all 21 classes, plus the farmland one."""
+    distinct = sorted(set(ucm_captions))
+    return distinct[::40] + ["There is a piece of farmland ."]
+
+
+def fresh(stage, shared: bool = True, **config) -> RuleAugmenter:
+    """An augmenter with the stage's loaded models; with empty caches unless `shared` (the
+    F1 of a pair and the tags of a sentence do not depend on the config: sharing the stage's
+    caches keeps this file's runtime down)."""
+    a = stage.augmenter
+    from augment.bertscore_filter import BertScoreF1
+    from augment.glove_neighbours import GloveNeighbours
+
+    if shared:
+        aug = RuleAugmenter(a.tagger, a.neighbours, a.scorer, RuleConfig(**config))
+        aug.tag_cache = a.tag_cache
+        return aug
+    return RuleAugmenter(a.tagger, GloveNeighbours(a.neighbours.kv, 10, 0.65),
+                         BertScoreF1(a.scorer.scorer, 256), RuleConfig(**config))
+
+
+@pytest.fixture(scope="module")
+def results(stage, sample):
+    aug = fresh(stage, shared=False)
+    return aug, aug.augment(sample)
+
+
+def steps(caption, result):
+    """The sentence right after each replacement, in order (Algorithm 1 is sequential)."""
+    tokens, gaps = split_caption(caption)
+    out = []
+    for r in result.replacements:
+        tokens[r.position] = r.new
+        text = gaps[0] + "".join(t + g for t, g in zip(tokens, gaps[1:]))
+        out.append((list(tokens), text))
+    return out
+
+
+def test_replacements_obey_every_filter(stage, sample, results):
+    aug, res = results
+    kv = aug.neighbours.kv
+    changed = [(c, r) for c, r in zip(sample, res) if r.changed]
+    assert len(changed) > 0.5 * len(sample)  # the method does change most UCM captions
+    orig_tags = dict(zip(sample, aug.tagger.tag([tokenize(c) for c in sample])))
+    checks = [(c, r, s) for c, r in changed for r, s in zip(r.replacements, steps(c, r))]
+    tags_after = aug.tagger.tag([s[0] for _, _, s in checks])
+    # bert-score's own API, independent of our batching and reference-embedding cache
+    f1_after = aug.scorer.scorer.score([s[1] for _, _, s in checks],
+                                       [c for c, _, _ in checks], batch_size=64)[2].tolist()
+    for (caption, rep, (tokens, text)), tags, f1 in zip(checks, tags_after, f1_after):
+        old, new = rep.old.lower(), rep.new.lower()
+        assert tokenize(caption)[rep.position] == rep.old
+        assert orig_tags[caption][rep.position] in RuleConfig().replace_tags
+        # same POS tag as the original word, in the sentence where it was substituted
+        assert tags[rep.position] == orig_tags[caption][rep.position], (caption, rep)
+        # a real GloVe neighbour with the recorded similarity, above the threshold
+        assert new in [w for w, _ in kv.most_similar(old, topn=10)]
+        assert rep.glove_similarity >= 0.65
+        assert rep.glove_similarity == pytest.approx(float(kv.similarity(old, new)), abs=1e-5)
+        # BERTScore against the ORIGINAL caption, recomputed independently
+        assert rep.bertscore_f1 >= THRESHOLD
+        assert rep.bertscore_f1 == pytest.approx(f1, abs=2e-4)
+
+
+def test_provenance_matches_text_diff(sample, results):
+    _, res = results
+    for caption, r in zip(sample, res):
+        before, after = tokenize(caption), tokenize(r.augmented)
+        assert len(before) == len(after)
+        diff = {i for i, (a, b) in enumerate(zip(before, after)) if a != b}
+        assert diff == {x.position for x in r.replacements}
+        for x in r.replacements:
+            assert (before[x.position], after[x.position]) == (x.old, x.new)
+        # the text between tokens is the input's, byte for byte: no new " ." artefacts
+        assert split_caption(r.augmented)[1] == split_caption(caption)[1]
+        assert r.changed == (r.augmented != caption) == (r.reason == CHANGED)
+        positions = [x.position for x in r.replacements]
+        assert positions == sorted(set(positions))  # at most one per marked token, in order
+
+
+def test_no_space_before_period_unless_input_had_it(stage):
+    aug = fresh(stage)
+    tidy, spaced = aug.augment(["Many planes are parked at the airport.",
+                                "Many planes are parked at the airport ."])
+    assert tidy.changed and spaced.changed
+    assert tidy.augmented.endswith(".") and " ." not in tidy.augmented
+    assert spaced.augmented.endswith(" .")
+
+
+def test_farmland_gets_a_glove_neighbour(stage):
+    aug = fresh(stage, bertscore_threshold=0.7)
+    r = aug.augment(["There is a piece of farmland ."])[0]
+    rep = {x.old: x for x in r.replacements}
+    assert "farmland" in rep, r
+    neighbours = [w for w, _ in aug.neighbours.kv.most_similar("farmland", topn=10)]
+    assert rep["farmland"].new in neighbours
+    assert all(x.bertscore_f1 >= 0.7 for x in r.replacements)
+
+
+def test_threshold_filters_and_best_is_argmax(stage, sample):
+    small = sample[:12]
+    loose = fresh(stage, bertscore_threshold=None).augment(small)
+    strict = fresh(stage, bertscore_threshold=0.9).augment(small)
+    assert sum(len(r.replacements) for r in strict) < sum(len(r.replacements) for r in loose)
+    assert all(x.bertscore_f1 >= 0.9 for r in strict for x in r.replacements)
+    assert any(x.bertscore_f1 < 0.75 for r in loose for x in r.replacements)
+
+
+def test_dedup_each_distinct_caption_once(stage, sample):
+    distinct = sample[:15]
+    once = fresh(stage, shared=False)
+    a = once.augment(distinct)
+    many = fresh(stage, shared=False)
+    dup = distinct * 5
+    np.random.default_rng(0).shuffle(dup)
+    b = many.augment(dup)
+    by_text = dict(zip(distinct, a))
+    assert all(r.augmented == by_text[c].augmented for c, r in zip(dup, b))
+    assert many.stats["units"] == len(distinct) and many.stats["captions"] == len(dup)
+    assert many.stats["tagged_sentences"] == once.stats["tagged_sentences"]
+    assert many.scorer.pairs_scored == once.scorer.pairs_scored
+    # neighbours once per distinct marked word, in one vectorised pass per chunk
+    marked_words = {x.old.lower() for r in a for x in r.replacements}
+    assert many.neighbours.queries == len(many.neighbours.cache) - sum(
+        1 for w in many.neighbours.cache if w not in many.neighbours)
+    assert marked_words <= set(many.neighbours.cache)
+    # the tagger and the scorer are called once per round, not once per caption or token
+    assert many.stats["tagger_calls"] <= many.stats["rounds"] + 1
+    assert many.scorer.calls <= many.stats["rounds"]
+    # each original caption is embedded once as a reference, not once per round
+    assert len(many.scorer.ref_embeddings) <= len(distinct)
+    assert many.scorer.sentences_embedded <= many.scorer.pairs_scored + len(distinct)
+
+
+def test_random_choice_is_seeded_per_caption(stage, sample):
+    small = sample[:12]
+    ctx = StageContext(seed=7)
+
+    def run(ids, texts):
+        rngs = [ctx.rng_for(i, 0) for i in ids]
+        return [r.augmented for r in fresh(stage, choice="random").augment(texts, rngs)]
+
+    ids = [f"c{i}" for i in range(len(small))]
+    first = run(ids, small)
+    assert first == run(ids, small)
+    # the same caption alone, and in reverse order, draws the same
+    assert run(ids[::-1], small[::-1]) == first[::-1]
+    assert run(ids[3:4], small[3:4]) == first[3:4]
+    other = [r.augmented for r in fresh(stage, choice="random").augment(
+        small, [StageContext(seed=8).rng_for(i, 0) for i in ids])]
+    assert other != first  # another run seed draws differently
+    best = [r.augmented for r in fresh(stage).augment(small)]
+    assert best != first
+
+
+def test_bad_rows_have_a_reason_and_never_crash(stage):
+    # over MiniLM's 512-token limit, with a single noun (each noun costs a round of scoring)
+    long = "The view shows " + "of the " * 260 + "farmland ."
+    rows = ["", "   ", "... !!", "这是一个城市的遥感图像", "xqzv blorf wunkel .",
+            long, "Two planes \ufffd at the airport ."]
+    aug = fresh(stage)
+    res = aug.augment(rows)
+    reasons = [r.reason for r in res]
+    assert reasons[0] == reasons[1] == EMPTY
+    assert reasons[2] == NO_WORDS
+    assert reasons[3] in ("unknown_words", "no_marked_tokens", "no_candidates")
+    assert reasons[4] in ("unknown_words", "no_marked_tokens", "no_candidates")
+    assert not any(r.changed for r in res[:5])
+    assert all(r.augmented == c for r, c in zip(res[:5], rows[:5]))
+    assert res[5].scoring_truncated and not any(r.scoring_truncated for r in res[:5])
+    # truncated for scoring only: the output keeps the whole caption
+    assert len(tokenize(res[5].augmented)) == len(tokenize(long))
+    assert res[6].changed
+
+
+def test_config_errors_name_the_field(tmp_path):
+    from pipelines.stage import ConfigError
+
+    cases = [({"tagger": "treetagger"}, "tagger"),
+             ({"vectors": str(tmp_path / "missing.txt")}, "vectors"),
+             ({"vectors": "missing-vectors.txt"}, "vectors"),
+             ({"bertscore_threshold": 1.5}, "bertscore_threshold"),
+             ({"bertscore_threshold": "high"}, "bertscore_threshold"),
+             ({"glove_threshold": 2}, "glove_threshold"),
+             ({"top_n": 0}, "top_n"),
+             ({"choice": "first"}, "choice"),
+             ({"variants": 3}, "variants"),
+             ({"bertscore_model": "dir:" + str(tmp_path / "nomodel")}, "bertscore_model"),
+             ({"tagger": "nltk", "tagger_model": str(tmp_path / "nodata")}, "tagger_model")]
+    for values, field in cases:
+        with pytest.raises(ConfigError, match=field):
+            RuleAugment.from_config(values, "[[stages]] rules")
+
+
+def test_unavailable_models_fail_at_setup_naming_the_field(tmp_path):
+    from pipelines.stage import ConfigError
+
+    (tmp_path / "stanza").mkdir()
+    with pytest.raises(ConfigError, match="tagger_model.*stanza"):
+        RuleAugment(tagger="stanza", tagger_model=str(tmp_path / "stanza")).setup(StageContext())
+    with pytest.raises(ConfigError, match="bertscore_model"):
+        RuleAugment(bertscore_model="hub:nobody/no-such-model").setup(StageContext())
+
+
+def test_summary_counts_reasons():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        t = pa.table({"reason": ["changed", "empty", "changed"], "changed": [True, False, True],
+                      "n_replacements": pa.array([2, 0, 1], pa.int16()),
+                      "scoring_truncated": [False, False, True]})
+        pq.write_table(t, Path(d) / "part-00000.parquet")
+        s = RuleAugment.summarise(None, [Path(d) / "part-00000.parquet"])
+    assert s == {"reasons": {"changed": 2, "empty": 1}, "changed": 2, "scoring_truncated": 1,
+                 "mean_replacements": 1.0}
+    assert Counter(s["reasons"]) == Counter({"changed": 2, "empty": 1})
