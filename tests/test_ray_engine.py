@@ -61,6 +61,21 @@ def test_full_ucm_text_stage_on_ray_equals_local_and_resumes(ray_cluster, tmp_pa
     assert sorted_rows(ray_out, "clean") == sorted_rows(local_out, "clean")
 
 
+def test_full_ucm_image_stage_on_ray_equals_local(ray_cluster, tmp_path, shared_data):
+    stages = [{"name": "views", "kind": "augment-images", "augmentation": "RandomAugmentation",
+               "views": 2}]
+    ray_out, local_out = tmp_path / "ray", tmp_path / "local"
+    m = run_pipeline(_with_engine(ucm_config(shared_data, ray_out, stages, 2500), "ray"),
+                     progress=False)
+    run_pipeline(_with_engine(ucm_config(shared_data, local_out, stages, 2500), "local"),
+                 progress=False)
+    assert m["views"]["rows"] == 2_100 * 3 and m["views"]["engine"] == "ray"
+    key = lambda r: (r["image_id"], r["view_index"])  # noqa: E731
+    ray_rows = sorted(StageStore(ray_out / "views").read_all().to_pylist(), key=key)
+    local_rows = sorted(StageStore(local_out / "views").read_all().to_pylist(), key=key)
+    assert ray_rows == local_rows
+
+
 def test_without_ray_the_engine_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
     assert main(["run", "--out", str(tmp_path / "x"), "--engine", "ray", "--quiet"]) == 2
