@@ -148,12 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [("augment-text", "caption augmentation (rule-based, back-translation)"),
                        ("augment-images", "image augmentation views"),
                        ("embed", "image and text embeddings"),
-                       ("train", "train DUCH from embedding shards"),
-                       ("evaluate", "hash codes and retrieval metrics"),
                        ("study", "the augmentation comparison study"),
                        ("search", "query a hash index")]:
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=not_yet(name))
+    from pipelines.commands.train_cli import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)  # train, evaluate
     return parser
 
 
