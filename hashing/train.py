@@ -96,6 +96,9 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     va = torch.as_tensor(splits["val"])
     val_image, val_text = feats.image[va].to(device), feats.text[va].to(device)
     val_labels = feats.labels[va].to(device)
+    if (feats.labels[va] < 0).any():  # no class labels: select on paired relevance instead
+        val_labels = torch.arange(len(va), device=device)
+        log("validation uses paired relevance: some validation images have no class label")
     n_views, n_caps = x_aug.shape[1], t.shape[1]
 
     # ---- model, optimisers, binary targets, code buffers

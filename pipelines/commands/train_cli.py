@@ -207,7 +207,11 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str) -> int:
                              {m: key[s] for m, s in sel.items()},
                              {m: split[s] for m, s in sel.items()}, k, variant)
     bits = codes_all.shape[1] * 8
-    suffix = "" if (variant, relevance) == ("standard", "class") else f"-{variant}-{relevance}"
+    run_relevance = "class"
+    if (run / "run.json").exists() and not json.loads((run / "run.json").read_text())["has_labels"]:
+        run_relevance = "pair"
+    # the run's own evaluation is metrics.json; other variants get a suffix
+    suffix = "" if (variant, relevance) == ("standard", run_relevance) else f"-{variant}-{relevance}"
     title = f"DUCH {bits} bits, {relevance} relevance"
     atomic_write_json(run / f"metrics{suffix}.json", {
         "bits": bits, "k": k, "variant": variant, "relevance": relevance,
