@@ -104,10 +104,10 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     # ---- model, optimisers, binary targets, code buffers
     model = DUCH(feats.image_dim, feats.text_dim, cfg.bits, cfg.hidden).to(device)
     opt = torch.optim.Adam(model.hash_parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, fused=True)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr,
                              betas=cfg.disc_betas, eps=cfg.disc_eps,
-                             weight_decay=cfg.disc_weight_decay)
+                             weight_decay=cfg.disc_weight_decay, fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     B = torch.randint(0, 2, (n, cfg.bits), generator=gen, device=device).float() * 2 - 1
     H = torch.zeros(4, n, cfg.bits, device=device)  # image, image_aug, text, text_aug
