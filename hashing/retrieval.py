@@ -55,3 +55,31 @@ def search(query_packed: np.ndarray, database_packed: np.ndarray, k: int = 20):
     dist = hamming_packed(query_packed, database_packed)
     idx = rank(dist, k)
     return idx, np.take_along_axis(dist, idx, 1)
+
+
+def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20, chunk: int = 16):
+    """Exact top-k (indices, distances) by XOR + popcount, without sorting the database.
+
+    Hamming distances take only K+1 values, so a per-query histogram gives the distance
+    threshold that admits at least k items; only those candidates are sorted by (distance,
+    index), which is the module's tie rule. Same result as `search`, far less work at 1M codes.
+    """
+    q = as_words(query) if query.dtype == np.uint8 else query
+    db = as_words(database) if database.dtype == np.uint8 else database
+    n, nbits = db.shape[0], 64 * db.shape[1]
+    k = min(k, n)
+    idx_out = np.empty((q.shape[0], k), np.int64)
+    dist_out = np.empty((q.shape[0], k), np.int32)
+    for s in range(0, q.shape[0], chunk):
+        x = np.bitwise_count(q[s:s + chunk, None, :] ^ db[None, :, :])
+        d = x[..., 0] if x.shape[2] == 1 else x.sum(-1, dtype=np.uint16)
+        rows = d.shape[0]
+        offsets = (np.arange(rows) * (nbits + 1))[:, None]
+        hist = np.bincount((d + offsets).ravel(), minlength=rows * (nbits + 1))
+        threshold = (hist.reshape(rows, nbits + 1).cumsum(1) >= k).argmax(1)
+        for r in range(rows):
+            cand = np.flatnonzero(d[r] <= threshold[r])
+            key = d[r, cand].astype(np.int64) * n + cand
+            pick = cand[np.argsort(key)[:k]]
+            idx_out[s + r], dist_out[s + r] = pick, d[r, pick]
+    return idx_out, dist_out

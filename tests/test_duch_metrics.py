@@ -99,3 +99,17 @@ def test_authors_variant_exceeds_standard_when_hits_come_late():
                               variant="authors")["map"]
     assert std == pytest.approx(1 / 3)
     assert auth == pytest.approx((1 + 2 / 32 + 3 / 33) / 3)
+
+
+def test_histogram_top_k_equals_full_ranking():
+    from hashing.retrieval import top_k_packed
+
+    rng = np.random.default_rng(5)
+    for bits in (16, 64, 128):
+        q, db = rng.random((9, bits)) > 0.5, rng.random((3000, bits)) > 0.5
+        db[100:140] = db[99]  # many exact ties
+        q[0] = db[99]
+        idx, d = top_k_packed(pack(q), pack(db), 20)
+        want, wd = search(pack(q), pack(db), 20)
+        assert (idx == want).all() and (d == wd).all()
+        assert idx[0].tolist() == list(range(99, 119))
