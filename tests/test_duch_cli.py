@@ -46,6 +46,8 @@ def test_train_then_evaluate(stages, tmp_path, capsys):
     codes = StageStore(run / "codes").read_all().to_pandas()
     assert len(codes) == 300 + 1500  # every image and every caption
     assert len(codes["code"][0]) == 4  # 32 bits packed in 4 bytes
+    bits = np.unpackbits(np.stack(codes["code"].to_numpy()).astype(np.uint8), axis=1)
+    assert (bits.min(0) == 0).all() and (bits.max(0) == 1).all()  # no bit stuck at one sign
     meta = pq.read_schema(StageStore(run / "codes").shard_paths()[0]).field("code").metadata
     assert meta[b"bits"] == b"32"
     m = json.loads((run / "metrics.json").read_text())
