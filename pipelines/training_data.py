@@ -146,8 +146,8 @@ def load_archive(images_dir: Path, texts_dir: Path) -> Archive:
         taug = _matrix(txt, AUGMENTED_EMBEDDING)
     else:
         warnings.append(f"{texts_dir} has no {AUGMENTED_EMBEDDING}: the augmented caption is the "
-                        "caption itself, so the text intra-modal term learns nothing (the "
-                        "authors' defect 1); embed a text augmentation stage to fix this")
+                        "caption itself, so the text intra-modal term compares each caption "
+                        "with itself (the authors' defect 1); embed a text augmentation stage")
         taug = temb
     cap_ids = (txt.column("caption_id").to_pylist() if "caption_id" in txt.column_names
                else [f"{a}#{b}" for a, b in zip(t_ids, txt.column("caption_index").to_pylist())])
