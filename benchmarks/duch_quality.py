@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--protocol", choices=["paper", "all"], default="paper")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="more duchkit train options")
     args = ap.parse_args()
@@ -92,7 +93,7 @@ def main() -> None:
     result = {"bench": "duch_quality", "device": "cpu", "protocol": args.protocol,
               "epochs": args.epochs, "seeds": args.seeds, "extra": args.extra,
               "results": rows, "table": table}
-    out = ROOT / "benchmarks" / "results" / f"duch_quality-{args.protocol}-cpu.json"
+    out = ROOT / "benchmarks" / "results" / f"duch_quality-{args.protocol}{args.tag}-cpu.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "results"}))
 
