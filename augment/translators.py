@@ -186,7 +186,6 @@ class MarianTranslator(_Base):
         return "float16" if self.fp16 else "float32"
 
     def _load(self, spec: ModelSpec):
-        import torch
         from transformers import MarianMTModel, MarianTokenizer
 
         kw = {"revision": spec.revision} if spec.revision else {}
@@ -196,7 +195,6 @@ class MarianTranslator(_Base):
             model = model.half()
         self.max_input_tokens = min(model.config.max_position_embeddings,
                                     tokenizer.model_max_length or 10**9)
-        torch.set_grad_enabled(False)
         return tokenizer, model
 
     def token_counts(self, texts: list[str], src: str, tgt: str) -> list[int]:

@@ -183,12 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli_embed import add_commands as add_image_and_embed_commands
 
     add_image_and_embed_commands(sub, _common, run_one_stage)
-    for name, text in [("train", "train DUCH from embedding shards"),
-                       ("evaluate", "hash codes and retrieval metrics"),
-                       ("study", "the augmentation comparison study"),
+    for name, text in [("study", "the augmentation comparison study"),
                        ("search", "query a hash index")]:
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=not_yet(name))
+    from pipelines.commands.train_cli import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)  # train, evaluate
     return parser
 
 

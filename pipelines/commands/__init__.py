@@ -1,0 +1,1 @@
+"""Subcommands whose option handling is too long for cli.py."""

@@ -1,0 +1,58 @@
+"""The authors-structured loop of benchmarks/duch_train.py on real features (same split, same
+one-caption protocol, final epoch), to compare with our trainer on the very same features.
+
+    python benchmarks/duch_baseline_real.py --features FEAT [--bits 64] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from duch_train import baseline_train  # noqa: E402
+from hashing.codes import pack, to_bits  # noqa: E402
+from hashing.data import split_indices  # noqa: E402
+from hashing.evaluate import evaluate_codes  # noqa: E402
+from hashing.train import encode  # noqa: E402
+from pipelines.training_data import load_archive  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--features", type=Path, required=True)
+    ap.add_argument("--bits", type=int, nargs="+", default=[64])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=100)
+    args = ap.parse_args()
+    a = load_archive(args.features / "image_embeddings", args.features / "text_embeddings")
+    f = a.features.one_caption_per_image(args.seed)
+    s = split_indices(f.n, args.seed)
+    split = np.empty(f.n, dtype=object)
+    for k, v in s.items():
+        split[v] = k
+    tr = np.sort(np.concatenate([s["train"], s["val"]]))
+    out = {}
+    for bits in args.bits:
+        m = baseline_train(f, tr, bits, args.epochs, "cpu", args.seed).eval()
+        codes = {"image": pack(to_bits(encode(m.image, f.image))),
+                 "text": pack(to_bits(encode(m.text, f.text[:, 0])))}
+        keys = {"image": f.labels.numpy(), "text": f.labels.numpy()}
+        r = {v: {d: round(x["map"], 4) for d, x in evaluate_codes(
+            codes, keys, {"image": split, "text": split}, 20, v, (20,)).items()}
+            for v in ("standard", "authors")}
+        out[bits] = r
+        print(json.dumps({"bits": bits, **r}), flush=True)
+    (ROOT / "benchmarks" / "results" / "duch_baseline_real-cpu.json").write_text(
+        json.dumps({"bench": "duch_baseline_real", "seed": args.seed, "epochs": args.epochs,
+                    "results": out}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""DUCH retrieval quality on real UCM features (offline-profile encoders), next to the bar of
+REFERENCE.md (the authors' trainer on the same kind of features) and the paper's Table IV.
+
+    python benchmarks/ucm_features.py --out FEAT        # once
+    python benchmarks/duch_quality.py --features FEAT [--bits 16 32 64 128] [--seeds 0 1]
+                                      [--epochs 100] [--protocol paper|all]
+
+protocol paper: one seeded caption per image for training and evaluation (the authors' setting,
+so the text database has one caption per retrieval image); all: all five captions. Model
+selection on the validation slice carved from train; mAP@20 on the query/retrieval split, class
+relevance, standard AP@20 and the authors' variant.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.cli import main as duchkit  # noqa: E402
+
+BAR = {  # REFERENCE.md: the authors' trainer on the offline-profile features, UCM, mAP@20
+    "authors": {"i2t": [.832, .876, .924, .925], "t2i": [.879, .951, .979, .976]},
+    "standard": {"i2t": [.863, .889, .935, .923], "t2i": [.913, .965, .983, .981]},
+}
+PAPER = {"i2t": [.760, .794, .844, .870], "t2i": [.799, .851, .916, .927]}
+BITS = [16, 32, 64, 128]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--features", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/duch-quality"))
+    ap.add_argument("--bits", type=int, nargs="+", default=BITS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--protocol", choices=["paper", "all"], default="paper")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                    help="more duchkit train options")
+    args = ap.parse_args()
+    rows = {}
+    for bits in args.bits:
+        per_seed = []
+        for seed in args.seeds:
+            run = args.out / f"{args.protocol}-{bits}-{seed}"
+            t = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = duchkit(["train", "--images", str(args.features / "image_embeddings"),
+                              "--texts", str(args.features / "text_embeddings"), "--out",
+                              str(run), "--bits", str(bits), "--epochs", str(args.epochs),
+                              "--seed", str(seed), "--device", "cpu", "--quiet",
+                              "--captions-per-image", "1" if args.protocol == "paper" else "0"]
+                             + args.extra)
+                assert rc == 0, run
+                assert duchkit(["evaluate", "--run", str(run), "--map-variant", "authors"]) == 0
+            std = json.loads((run / "metrics.json").read_text())["results"]
+            auth = json.loads((run / "metrics-authors-class.json").read_text())["results"]
+            info = json.loads((run / "run.json").read_text())
+            per_seed.append({"seed": seed, "best_epoch": info["best_epoch"],
+                             "train_s": info["train_seconds"],
+                             "standard": {d: std[d]["map"] for d in ("i2t", "t2i")},
+                             "authors": {d: auth[d]["map"] for d in ("i2t", "t2i")}})
+            print(json.dumps({"bits": bits, **per_seed[-1]}), f"({time.perf_counter() - t:.0f} s)",
+                  flush=True)
+        j = BITS.index(bits)
+        mean = {v: {d: round(float(np.mean([s[v][d] for s in per_seed])), 4)
+                    for d in ("i2t", "t2i")} for v in ("standard", "authors")}
+        rows[bits] = {"mean": mean, "seeds": per_seed,
+                      "bar": {v: {d: BAR[v][d][j] for d in ("i2t", "t2i")} for v in BAR},
+                      "paper_table_iv": {d: PAPER[d][j] for d in ("i2t", "t2i")},
+                      "beats_bar": all(mean[v][d] > BAR[v][d][j] for v in BAR
+                                       for d in ("i2t", "t2i"))}
+    lines = ["| bits | I->T std (ours / bar) | T->I std (ours / bar) | I->T authors (ours / bar) "
+             "| T->I authors (ours / bar) | paper I->T / T->I |", "|---|---|---|---|---|---|"]
+    for bits, r in rows.items():
+        m, b, p = r["mean"], r["bar"], r["paper_table_iv"]
+        lines.append(f"| {bits} | {m['standard']['i2t']:.3f} / {b['standard']['i2t']:.3f} | "
+                     f"{m['standard']['t2i']:.3f} / {b['standard']['t2i']:.3f} | "
+                     f"{m['authors']['i2t']:.3f} / {b['authors']['i2t']:.3f} | "
+                     f"{m['authors']['t2i']:.3f} / {b['authors']['t2i']:.3f} | "
+                     f"{p['i2t']:.3f} / {p['t2i']:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    result = {"bench": "duch_quality", "device": "cpu", "protocol": args.protocol,
+              "epochs": args.epochs, "seeds": args.seeds, "extra": args.extra,
+              "results": rows, "table": table}
+    out = ROOT / "benchmarks" / "results" / f"duch_quality-{args.protocol}{args.tag}-cpu.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "results"}))
+
+
+if __name__ == "__main__":
+    main()

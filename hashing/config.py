@@ -1,0 +1,91 @@
+"""The trainer's configuration: plain values with the paper's defaults (section IV-C).
+
+Kept free of torch so the command line can build its options without importing it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+REDUCTIONS = ("mean", "sum")
+
+# Table III: each ablation is a set of weight overrides.
+ABLATIONS = {
+    "DUCH": {},
+    "DUCH-NA": {"alpha": 0.0},
+    "DUCH-NQ": {"beta": 0.0},
+    "DUCH-NB": {"gamma": 0.0},
+    "DUCH-CL": {"lambda_image": 0.0, "lambda_text": 0.0},
+    "DUCH-CL-I": {"lambda_text": 0.0},
+    "DUCH-CL-T": {"lambda_image": 0.0},
+}
+
+
+@dataclass
+class TrainConfig:
+    bits: int = 64
+    epochs: int = 100
+    batch_size: int = 256
+    hidden: int = 4096
+    # eq. 4 / 9 weights (section IV-C); 0 switches a term off
+    alpha: float = 0.01
+    beta: float = 0.001
+    gamma: float = 0.01
+    lambda_image: float = 1.0
+    lambda_text: float = 1.0
+    tau: float = 1.0
+    reduction: str = "mean"  # "sum" = the authors' batch-size-dependent scaling
+    # optimisers (section IV-C)
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    eps: float = 1e-7
+    disc_lr: float = 1e-4
+    disc_betas: tuple[float, float] = (0.5, 0.9)
+    disc_weight_decay: float = 1e-4
+    disc_eps: float = 1e-7
+    lr_decay: float = 0.2  # lr x lr_decay at epochs 50, 100, ... (never at epoch 0)
+    lr_decay_every: int = 50
+    # data
+    captions_per_image: int = 0  # 0 = all (a random one per image each epoch); 1 = paper
+    val_of_train: float = 0.1
+    seed: int = 0
+    # evaluation / selection
+    map_k: int = 20
+    eval_every: int = 1
+    # execution
+    device: str = "cpu"
+    compile: bool = False
+    amp: bool = False  # bf16 autocast of the MLPs on CUDA; losses stay fp32
+    checkpoint_every: int = 1
+
+    def weights(self):
+        from hashing.losses import LossWeights
+
+        return LossWeights(self.alpha, self.beta, self.gamma, self.lambda_image,
+                           self.lambda_text, self.tau, self.reduction)
+
+    def validate(self) -> "TrainConfig":
+        problems = []
+        if self.bits not in (8, 16, 24, 32, 48, 64, 96, 128, 256):
+            problems.append(f"bits={self.bits} (use 16, 32, 64 or 128)")
+        if self.epochs < 1 or self.batch_size < 2:
+            problems.append("epochs must be >= 1 and batch_size >= 2")
+        if self.reduction not in REDUCTIONS:
+            problems.append(f"reduction={self.reduction!r} (one of {REDUCTIONS})")
+        if self.tau <= 0:
+            problems.append(f"tau={self.tau} (must be > 0)")
+        if self.captions_per_image not in (0, 1):
+            problems.append(f"captions_per_image={self.captions_per_image} (0 = all, 1 = paper)")
+        if min(self.alpha, self.beta, self.gamma, self.lambda_image, self.lambda_text) < 0:
+            problems.append("loss weights must be >= 0")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
+        return self
+
+    def with_ablation(self, name: str) -> "TrainConfig":
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; one of {sorted(ABLATIONS)}")
+        return dataclasses.replace(self, **ABLATIONS[name])
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,216 @@
+"""The DUCH training loop, readable top to bottom.
+
+    cfg = TrainConfig(bits=64)
+    result = train(cfg, features, run_dir)      # features: hashing.data.Features
+
+Everything lives on `cfg.device`: the features, the binary targets B, the code buffers H, the
+data order. The loop never asks the device for a number inside an epoch (loss sums stay tensors),
+so a GPU runs the epoch without host round-trips; the only syncs are the validation mAP and the
+epoch's loss log. All randomness (init, B, data order, caption and view choices) comes from the
+seed, and the data order comes from a generator saved in the checkpoint, so the same seed gives
+the same codes and a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hashing.data import Features, split_indices
+from hashing.config import ABLATIONS, TrainConfig  # noqa: F401  (re-exported)
+from hashing.losses import binary_target, discriminator_loss, hashing_losses
+from hashing.metrics import map_at_k_torch
+from hashing.model import DUCH
+
+CHECKPOINT = "checkpoint.pt"
+
+@dataclass
+class TrainResult:
+    model: DUCH
+    config: TrainConfig
+    splits: dict[str, np.ndarray]
+    best_epoch: int
+    best_val_map: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def encode(net: torch.nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """Continuous codes of x [n, d] in eval mode (batch-norm running statistics)."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        out = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
+    net.train(was_training)
+    return out
+
+
+def validation_map(model: DUCH, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
+                   k: int) -> torch.Tensor:
+    """Mean of I->T and T->I standard mAP@k within the validation slice (class relevance;
+    all captions of the slice are the text side)."""
+    c = text.shape[1]
+    hi = encode(model.image, image)
+    ht = encode(model.text, text.reshape(-1, text.shape[2]))
+    lt = labels.repeat_interleave(c)
+    return (map_at_k_torch(hi, ht, labels, lt, k) + map_at_k_torch(ht, hi, lt, labels, k)) / 2
+
+
+def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume: bool = False,
+          log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+    """Train DUCH on the train split of `feats`; returns the validation-selected model.
+
+    `run_dir` receives `checkpoint.pt` every `checkpoint_every` epochs; `resume` continues from
+    it. `stop_after` ends the run after that many epochs (an interruption, for tests)."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    device = torch.device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.captions_per_image == 1:
+        feats = feats.one_caption_per_image(cfg.seed)
+    splits = split_indices(feats.n, cfg.seed, val_of_train=cfg.val_of_train)
+    n = len(splits["train"])
+    if n < cfg.batch_size:
+        raise ValueError(f"the train split has {n} images, fewer than batch_size "
+                         f"{cfg.batch_size}: lower the batch size or use a larger archive")
+    if len(splits["val"]) == 0:
+        raise ValueError("the validation slice is empty: raise val_of_train or use more images")
+
+    # ---- data on the device, once
+    tr = torch.as_tensor(splits["train"])
+    x, x_aug = feats.image[tr].to(device), feats.image_aug[tr].to(device)
+    t, t_aug = feats.text[tr].to(device), feats.text_aug[tr].to(device)
+    va = torch.as_tensor(splits["val"])
+    val_image, val_text = feats.image[va].to(device), feats.text[va].to(device)
+    val_labels = feats.labels[va].to(device)
+    if (feats.labels[va] < 0).any():  # no class labels: select on paired relevance instead
+        val_labels = torch.arange(len(va), device=device)
+        log("validation uses paired relevance: some validation images have no class label")
+    n_views, n_caps = x_aug.shape[1], t.shape[1]
+
+    # ---- model, optimisers, binary targets, code buffers
+    model = DUCH(feats.image_dim, feats.text_dim, cfg.bits, cfg.hidden).to(device)
+    opt = torch.optim.Adam(model.hash_parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, fused=True)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr,
+                             betas=cfg.disc_betas, eps=cfg.disc_eps,
+                             weight_decay=cfg.disc_weight_decay, fused=True)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    B = torch.randint(0, 2, (n, cfg.bits), generator=gen, device=device).float() * 2 - 1
+    H = torch.zeros(4, n, cfg.bits, device=device)  # image, image_aug, text, text_aug
+    w = cfg.weights()
+    start_epoch, best_epoch, best_map, best_state, history = 0, -1, -1.0, None, []
+
+    ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
+    if resume and ckpt_path and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["shape"] != model.shape():
+            raise ValueError(f"{ckpt_path} was trained for {ck['shape']}, this run needs "
+                             f"{model.shape()}: use another --out or the same --bits/features")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        opt_d.load_state_dict(ck["opt_d"])
+        B.copy_(ck["B"]), H.copy_(ck["H"])
+        gen.set_state(ck["gen"].to(gen.get_state().device))
+        torch.set_rng_state(ck["torch_rng"])
+        np.random.set_state(ck["numpy_rng"])
+        random.setstate(ck["python_rng"])
+        start_epoch, best_epoch, best_map = ck["epoch"] + 1, ck["best_epoch"], ck["best_map"]
+        best_state, history = ck["best_state"], ck["history"]
+        log(f"resumed from {ckpt_path} after epoch {ck['epoch'] + 1}")
+
+    image_net, text_net, disc = model.image, model.text, model.discriminator
+    if cfg.compile:
+        image_net, text_net, disc = (torch.compile(m) for m in (image_net, text_net, disc))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and
+                         device.type == "cuda")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            break
+        lr_scale = cfg.lr_decay ** (epoch // cfg.lr_decay_every)  # first decay at epoch 50
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_scale
+        model.train()
+        perm = torch.randperm(n, generator=gen, device=device)
+        caption = torch.randint(0, n_caps, (n,), generator=gen, device=device)
+        view = torch.randint(0, n_views, (n,), generator=gen, device=device)
+        sums = torch.zeros(7, device=device)
+        for idx in perm.split(cfg.batch_size):
+            if len(idx) < 2:  # batch-norm needs two samples; a shape, not a device value
+                continue
+            with amp:
+                h_img, h_img_aug = image_net(torch.cat([x[idx], x_aug[idx, view[idx]]])).float().chunk(2)
+                h_txt, h_txt_aug = text_net(torch.cat([t[idx, caption[idx]],
+                                                       t_aug[idx, caption[idx]]])).float().chunk(2)
+            d_image = None
+            if w.alpha:  # discriminator step: text codes real, image codes fake (eq. 5)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss = discriminator_loss(disc(torch.cat([h_txt, h_txt_aug]).detach()),
+                                            disc(torch.cat([h_img, h_img_aug]).detach()),
+                                            w.reduction)
+                d_loss.backward()
+                opt_d.step()
+                d_image = disc(torch.cat([h_img, h_img_aug]))  # graph reaches the image net
+            terms = hashing_losses(h_img, h_img_aug, h_txt, h_txt_aug, B[idx], d_image, w)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            opt.step()
+            for slot, h in enumerate((h_img, h_img_aug, h_txt, h_txt_aug)):
+                H[slot].index_copy_(0, idx, h.detach())
+            sums += torch.stack([terms[k].detach() for k in
+                                 ("total", "inter", "intra_image", "intra_text", "adversarial",
+                                  "quantisation", "bit_balance")])
+        B = binary_target(H[0], H[1], H[2], H[3])  # eq. 8, once per epoch over the whole set
+
+        row = dict(zip(("total", "inter", "intra_image", "intra_text", "adversarial",
+                        "quantisation", "bit_balance"), sums.tolist()))
+        row.update(epoch=epoch + 1, lr=cfg.lr * lr_scale)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            val = validation_map(model, val_image, val_text, val_labels, cfg.map_k).item()
+            row["val_map"] = val
+            if val > best_map:  # selection on the validation slice only
+                best_map, best_epoch = val, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(row)
+        log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+        if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"shape": model.shape(), "config": cfg.to_json(), "epoch": epoch,
+                        "model": model.state_dict(), "opt": opt.state_dict(),
+                        "opt_d": opt_d.state_dict(), "B": B, "H": H, "gen": gen.get_state(),
+                        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                        "python_rng": random.getstate(), "best_epoch": best_epoch,
+                        "best_map": best_map, "best_state": best_state, "history": history,
+                        "splits": {k: v.tolist() for k, v in splits.items()}}, tmp)
+            tmp.replace(ckpt_path)
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, cfg, splits, best_epoch, best_map, history,
+                       time.perf_counter() - t_start)
+
+
+def load_model(path: Path, device: str = "cpu") -> tuple[DUCH, dict]:
+    """The validation-selected model of a checkpoint (the last state if none was selected)."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    s = ck["shape"]
+    model = DUCH(s["image_dim"], s["text_dim"], s["bits"], s["hidden"]).to(device)
+    model.load_state_dict(ck["best_state"] if ck.get("best_state") is not None else ck["model"])
+    model.eval()
+    return model, ck

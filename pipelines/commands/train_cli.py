@@ -1,0 +1,227 @@
+"""`duchkit train` and `duchkit evaluate`.
+
+    duchkit train --images DIR --texts DIR --out RUN [--bits 64] [--epochs 100] [--seed 0]
+                  [--device auto|cpu|cuda] [--ablation DUCH-NA ...] [--resume] ...
+    duchkit evaluate --run RUN [--map-variant standard|authors] [--k 20] [--relevance class|pair]
+
+A run folder holds: checkpoint.pt (model, optimisers, B, epoch, RNG states, the validation-
+selected weights), run.json (config, inputs, splits, history), codes/ (a stage folder: one row per
+image and per caption with its split and its packed code), metrics*.json/.md and pk_curve*.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.stage import ConfigError
+
+log = logging.getLogger("duchkit")
+CODES = "codes"
+
+
+def add_parsers(sub) -> None:
+    from hashing.config import ABLATIONS, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train DUCH from embedding shards")
+    p.add_argument("--images", type=Path, required=True, help="image embedding stage folder")
+    p.add_argument("--texts", type=Path, required=True, help="text embedding stage folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--bits", type=int, default=d.bits, choices=[16, 32, 64, 128])
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--hidden", type=int, default=d.hidden, help="hidden width (Table I: 4096)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--ablation", choices=sorted(ABLATIONS), default="DUCH",
+                   help="Table III configuration (sets the weights below to 0)")
+    for name in ("alpha", "beta", "gamma", "lambda_image", "lambda_text", "tau", "lr"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--loss-reduction", choices=["mean", "sum"], default=d.reduction,
+                   help="sum = the authors' batch-size-dependent scaling (comparison only)")
+    p.add_argument("--lr-decay", type=float, default=d.lr_decay,
+                   help="lr factor every 50 epochs (first at epoch 50)")
+    p.add_argument("--captions-per-image", type=int, choices=[0, 1], default=0,
+                   help="0: all captions (one random per image each epoch); 1: the paper's "
+                   "protocol, one seeded caption per image for training and evaluation")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="validation mAP every N epochs (model selection)")
+    p.add_argument("--k", type=int, default=20, help="K of mAP@K")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="hash codes and retrieval metrics of a trained run")
+    p.add_argument("--run", type=Path, required=True, help="run folder of duchkit train")
+    p.add_argument("--map-variant", choices=["standard", "authors"], default="standard",
+                   help="authors: their non-standard mAP, only to compare with published "
+                   "figures")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--relevance", choices=["class", "pair"], default="class",
+                   help="class: same class label; pair: caption and image of the same pair")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _config(args) -> "TrainConfig":
+    from hashing.config import TrainConfig
+    from pipelines.runner import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise ConfigError(f"duchkit train: --device: {exc}") from None
+    cfg = TrainConfig(bits=args.bits, epochs=args.epochs, batch_size=args.batch_size,
+                      hidden=args.hidden, seed=args.seed, device=device, alpha=args.alpha,
+                      beta=args.beta, gamma=args.gamma, lambda_image=args.lambda_image,
+                      lambda_text=args.lambda_text, tau=args.tau, lr=args.lr,
+                      reduction=args.loss_reduction, lr_decay=args.lr_decay,
+                      captions_per_image=args.captions_per_image, eval_every=args.eval_every,
+                      map_k=args.k, compile=args.compile, amp=args.amp)
+    cfg = cfg.with_ablation(args.ablation)
+    try:
+        return cfg.validate()
+    except ValueError as exc:
+        raise ConfigError(f"duchkit train: {exc}") from None
+
+
+def codes_table(archive, model, cfg, splits: dict[str, np.ndarray]) -> pa.Table:
+    """One row per image and per caption used: ids, class, split and the packed code."""
+    from hashing.codes import pack, to_bits
+    from hashing.data import paper_caption_choice
+    import torch
+
+    from hashing.train import encode
+
+    feats = archive.features
+    dev = next(model.parameters()).device
+    split_of = np.empty(feats.n, dtype=object)
+    for name, idx in splits.items():
+        split_of[idx] = name
+    img_codes = pack(to_bits(encode(model.image, feats.image.to(dev))))
+    n, c = feats.n, feats.captions
+    if cfg.captions_per_image == 1:
+        pick = paper_caption_choice(n, c, cfg.seed)
+        cap_img, cap_slot = np.arange(n), pick
+    else:
+        cap_img, cap_slot = np.repeat(np.arange(n), c), np.tile(np.arange(c), n)
+    text_in = feats.text[torch.as_tensor(cap_img), torch.as_tensor(cap_slot)].to(dev)
+    txt_codes = pack(to_bits(encode(model.text, text_in)))
+    label_names = np.array(archive.label_names + [None], dtype=object)
+    lab = feats.labels.numpy()
+    rows_img = {"item": ["image"] * n, "image_id": archive.image_ids,
+                "caption_id": [None] * n, "label": label_names[lab].tolist(),
+                "split": split_of.tolist()}
+    rows_txt = {"item": ["caption"] * len(cap_img),
+                "image_id": [archive.image_ids[i] for i in cap_img],
+                "caption_id": [archive.caption_ids[i][s] for i, s in zip(cap_img, cap_slot)],
+                "label": label_names[lab[cap_img]].tolist(), "split": split_of[cap_img].tolist()}
+    codes = np.concatenate([img_codes, txt_codes])
+    code_field = pa.field("code", pa.list_(pa.uint8(), codes.shape[1]),
+                          metadata={"bits": str(cfg.bits), "packing": "numpy.packbits, "
+                                    "big-endian bits, bit 1 = code value >= 0"})
+    schema = pa.schema([pa.field("item", pa.string()), pa.field("image_id", pa.string()),
+                        pa.field("caption_id", pa.string()), pa.field("label", pa.string()),
+                        pa.field("split", pa.string()), code_field])
+    cols = {k: rows_img[k] + rows_txt[k] for k in rows_img}
+    code_arr = pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1), pa.uint8()),
+                                                 codes.shape[1])
+    return pa.Table.from_arrays([pa.array(cols[k], pa.string()) for k in cols] + [code_arr],
+                                schema=schema)
+
+
+def cmd_train(args) -> int:
+    from hashing.train import train
+    from pipelines.runner import setup_logging
+    from pipelines.stage_folder import write_stage_folder
+    from pipelines.store import atomic_write_json
+    from pipelines.training_data import load_archive
+
+    cfg = _config(args)
+    try:
+        archive = load_archive(args.images, args.texts)
+    except ValueError as exc:
+        raise ConfigError(f"duchkit train: {exc}") from None
+    for w in archive.warnings:
+        print(f"warning: {w}")
+    out = args.out
+    setup_logging(out)
+    ck = out / "checkpoint.pt"
+    if ck.exists() and not args.resume:
+        raise ConfigError(f"duchkit train: {ck} exists; pass --resume to continue it or choose "
+                          "another --out")
+    say = (lambda s: None) if args.quiet else print
+
+    def both(line: str) -> None:
+        log.info(line)
+        say(line)
+
+    try:
+        result = train(cfg, archive.features, out, resume=args.resume, log=both)
+    except ValueError as exc:
+        raise ConfigError(f"duchkit train: {exc}") from None
+    table = codes_table(archive, result.model, cfg, result.splits)
+    write_stage_folder(out / CODES, table, CODES, "duch-codes", cfg.to_json())
+    atomic_write_json(out / "run.json", {
+        "config": cfg.to_json(), "inputs": archive.sources, "warnings": archive.warnings,
+        "has_labels": archive.has_labels, "best_epoch": result.best_epoch,
+        "best_val_map": result.best_val_map, "train_seconds": round(result.seconds, 3),
+        "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history})
+    print(f"trained {cfg.bits} bits, best epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
+          f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
+    return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair")
+
+
+def evaluate_run(run: Path, variant: str, k: int, relevance: str) -> int:
+    from hashing.evaluate import evaluate_codes, markdown_table, plot_pk
+    from pipelines.store import StageStore, atomic_write_json
+
+    store = StageStore(run / CODES)
+    if not store.is_complete():
+        raise ConfigError(f"duchkit evaluate: {run} has no {CODES}/ folder: is it a run folder "
+                          "of duchkit train?")
+    t = store.read_all()
+    item = np.asarray(t.column("item").to_pylist(), dtype=object)
+    codes_all = np.asarray(t.column("code").combine_chunks().flatten().to_numpy(),
+                           np.uint8).reshape(t.num_rows, -1)
+    if relevance == "class":
+        labels = t.column("label").to_pylist()
+        if any(lab is None for lab in labels):
+            raise ConfigError(f"duchkit evaluate: {sum(lab is None for lab in labels)} item(s) of "
+                              f"{run / CODES} have no class label, so class-label mAP cannot be "
+                              "computed; use --relevance pair (caption and its image)")
+        key = np.asarray(labels, dtype=object)
+    else:
+        key = np.asarray(t.column("image_id").to_pylist(), dtype=object)
+    _, key = np.unique(key.astype(str), return_inverse=True)
+    split = np.asarray(t.column("split").to_pylist(), dtype=object)
+    sel = {"image": item == "image", "text": item == "caption"}
+    results = evaluate_codes({m: codes_all[s] for m, s in sel.items()},
+                             {m: key[s] for m, s in sel.items()},
+                             {m: split[s] for m, s in sel.items()}, k, variant)
+    bits = codes_all.shape[1] * 8
+    run_relevance = "class"
+    if (run / "run.json").exists() and not json.loads((run / "run.json").read_text())["has_labels"]:
+        run_relevance = "pair"
+    # the run's own evaluation is metrics.json; other variants get a suffix
+    suffix = "" if (variant, relevance) == ("standard", run_relevance) else f"-{variant}-{relevance}"
+    title = f"DUCH {bits} bits, {relevance} relevance"
+    atomic_write_json(run / f"metrics{suffix}.json", {
+        "bits": bits, "k": k, "variant": variant, "relevance": relevance,
+        "tie_rule": "equal Hamming distance: lower retrieval index first", "results": results})
+    (run / f"metrics{suffix}.md").write_text(markdown_table(results, title))
+    plot_pk(results, run / f"pk_curve{suffix}.png", title)
+    print(markdown_table(results, title))
+    print(f"wrote {run / f'metrics{suffix}.json'}, .md and pk_curve{suffix}.png")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    return evaluate_run(args.run, args.map_variant, args.k, args.relevance)

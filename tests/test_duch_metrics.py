@@ -1,0 +1,115 @@
+"""Codes, Hamming ranking and mAP against brute-force reference implementations."""
+import numpy as np
+import pytest
+import torch
+
+from hashing.codes import as_words, pack, to_signs, unpack
+from hashing.metrics import (authors_average_precision, average_precision_at_k,
+                             evaluate_direction, map_at_k_torch)
+from hashing.retrieval import hamming_packed, hamming_signs, rank, rank_torch, search
+
+
+def naive_ranking(q_bits, db_bits):
+    """Python loops: distance by counting differing bits, ties by retrieval index."""
+    out = []
+    for q in q_bits:
+        d = [(sum(int(a != b) for a, b in zip(q, r)), i) for i, r in enumerate(db_bits)]
+        out.append([i for _, i in sorted(d)])
+    return out
+
+
+def naive_ap(rel, n_rel, k, variant):
+    if n_rel == 0:
+        return 0.0
+    if variant == "standard":
+        hits, s = 0, 0.0
+        for i, r in enumerate(rel[:k], 1):
+            if r:
+                hits += 1
+                s += hits / i
+        return s / min(k, n_rel)
+    total = min(k, n_rel)
+    positions = [i for i, r in enumerate(rel, 1) if r][:total]
+    return sum((j + 1) / p for j, p in enumerate(positions)) / total
+
+
+def test_packed_hamming_equals_naive_hamming():
+    rng = np.random.default_rng(0)
+    for bits in (16, 64, 128, 72):
+        q, db = rng.random((7, bits)) > 0.5, rng.random((40, bits)) > 0.5
+        naive = (q[:, None, :] != db[None]).sum(-1)
+        assert (hamming_packed(pack(q), pack(db)) == naive).all()
+        assert (hamming_packed(as_words(pack(q)), as_words(pack(db))) == naive).all()
+        d = hamming_signs(torch.tensor(to_signs(q)), torch.tensor(to_signs(db))).numpy()
+        assert (d == naive).all()
+        assert (unpack(pack(q), bits) == q).all()
+
+
+def test_ranking_tie_rule_and_paths_agree():
+    rng = np.random.default_rng(1)
+    q, db = rng.random((5, 8)) > 0.5, rng.random((60, 8)) > 0.5  # 8 bits: many ties
+    want = naive_ranking(q.tolist(), db.tolist())
+    dist = hamming_packed(pack(q), pack(db))
+    assert rank(dist).tolist() == want
+    assert rank(dist, 10).tolist() == [w[:10] for w in want]
+    assert rank_torch(torch.tensor(dist), 10).tolist() == [w[:10] for w in want]
+    idx, d = search(pack(q), pack(db), 10)
+    assert idx.tolist() == [w[:10] for w in want]
+    assert (np.diff(d, axis=1) >= 0).all()
+
+
+def test_ap_by_hand():
+    rel = np.array([[1, 0, 1, 0, 0, 1]], bool)
+    # standard AP@3 with R = 3 relevant: (1/1 + 2/3) / min(3, 3)
+    assert average_precision_at_k(rel, np.array([3]), 3)[0] == pytest.approx((1 + 2 / 3) / 3)
+    # authors' variant, K = 3: hits at ranks 1, 3, 6 -> (1/1 + 2/3 + 3/6) / 3
+    assert authors_average_precision(rel, np.array([3]), 3)[0] == pytest.approx(
+        (1 + 2 / 3 + 0.5) / 3)
+    assert average_precision_at_k(rel, np.array([0]), 3)[0] == 0
+
+
+@pytest.mark.parametrize("variant", ["standard", "authors"])
+def test_map_and_pk_against_brute_force(variant):
+    rng = np.random.default_rng(2)
+    q, db = rng.random((12, 8)) > 0.5, rng.random((50, 8)) > 0.5
+    ql, dl = rng.integers(0, 4, 12), rng.integers(0, 4, 50)
+    ql[0] = 9  # a query with no relevant item scores 0 and still counts
+    k = 10
+    order = naive_ranking(q.tolist(), db.tolist())
+    aps, p20 = [], []
+    for i in range(12):
+        rel = [dl[j] == ql[i] for j in order[i]]
+        aps.append(naive_ap(rel, int((dl == ql[i]).sum()), k, variant))
+        p20.append(sum(rel[:20]) / 20)
+    got = evaluate_direction(pack(q), pack(db), ql, dl, k=k, variant=variant, pk_ks=(5, 20))
+    assert got["map"] == pytest.approx(np.mean(aps))
+    assert got["pk"][1] == pytest.approx(np.mean(p20))
+    if variant == "standard":
+        t = map_at_k_torch(torch.tensor(to_signs(q)), torch.tensor(to_signs(db)),
+                           torch.tensor(ql), torch.tensor(dl), k).item()
+        assert t == pytest.approx(np.mean(aps), abs=1e-6)
+
+
+def test_authors_variant_exceeds_standard_when_hits_come_late():
+    q = np.zeros((1, 8), bool)
+    db = np.array([[0] * 8] + [[1] * 4 + [0] * 4] * 30 + [[1] * 8] * 2, bool)  # hits 1, 32, 33
+    labels = np.array([1] + [0] * 30 + [1] * 2)
+    std = evaluate_direction(pack(q), pack(db), np.array([1]), labels, k=20)["map"]
+    auth = evaluate_direction(pack(q), pack(db), np.array([1]), labels, k=20,
+                              variant="authors")["map"]
+    assert std == pytest.approx(1 / 3)
+    assert auth == pytest.approx((1 + 2 / 32 + 3 / 33) / 3)
+
+
+def test_histogram_top_k_equals_full_ranking():
+    from hashing.retrieval import top_k_packed
+
+    rng = np.random.default_rng(5)
+    for bits in (16, 64, 128):
+        q, db = rng.random((9, bits)) > 0.5, rng.random((3000, bits)) > 0.5
+        db[100:140] = db[99]  # many exact ties
+        q[0] = db[99]
+        idx, d = top_k_packed(pack(q), pack(db), 20)
+        want, wd = search(pack(q), pack(db), 20)
+        assert (idx == want).all() and (d == wd).all()
+        assert idx[0].tolist() == list(range(99, 119))

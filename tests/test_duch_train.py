@@ -1,0 +1,110 @@
+"""The trainer: determinism, resume, splits, ablations, bad input, and that it learns."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hashing.data import Features, split_indices
+from hashing.synthetic import class_structured
+from hashing.train import TrainConfig, encode, train
+
+SMALL = TrainConfig(bits=16, epochs=3, batch_size=64, hidden=64, seed=3)
+QUIET = dict(log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def feats():
+    return class_structured(n_images=300, n_classes=6, image_dim=32, text_dim=24,
+                            image_views=2, seed=0)
+
+
+def codes(result, f):
+    return torch.cat([encode(result.model.image, f.image), encode(result.model.text, f.text[:, 0])])
+
+
+def test_same_seed_same_codes_other_seed_other_codes(feats):
+    a, b = train(SMALL, feats, **QUIET), train(SMALL, feats, **QUIET)
+    assert torch.equal(codes(a, feats), codes(b, feats))
+    assert a.history == b.history
+    c = train(dataclasses.replace(SMALL, seed=4), feats, **QUIET)
+    assert not torch.equal(codes(a, feats) >= 0, codes(c, feats) >= 0)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(feats, tmp_path):
+    cfg = dataclasses.replace(SMALL, epochs=4)
+    whole = train(cfg, feats, tmp_path / "whole", **QUIET)
+    train(cfg, feats, tmp_path / "cut", stop_after=2, **QUIET)  # "interrupted" after epoch 2
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 1
+    resumed = train(cfg, feats, tmp_path / "cut", resume=True, **QUIET)
+    assert resumed.history == whole.history
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert resumed.best_epoch == whole.best_epoch
+
+
+def test_checkpoint_of_another_bit_length_is_refused(feats, tmp_path):
+    train(SMALL, feats, tmp_path, stop_after=1, **QUIET)
+    with pytest.raises(ValueError, match="bits"):
+        train(dataclasses.replace(SMALL, bits=32), feats, tmp_path, resume=True, **QUIET)
+
+
+def test_splits_are_disjoint_seeded_and_paper_sized():
+    s = split_indices(2100, seed=7)
+    sizes = {k: len(v) for k, v in s.items()}
+    assert sizes == {"val": 105, "train": 945, "query": 210, "retrieval": 840}
+    union = np.concatenate(list(s.values()))
+    assert len(np.unique(union)) == 2100  # disjoint and complete
+    assert not set(s["val"]) & (set(s["query"]) | set(s["retrieval"]))
+    assert all((s[k] == split_indices(2100, seed=7)[k]).all() for k in s)
+    assert not (s["query"] == split_indices(2100, seed=8)["query"]).all()
+
+
+def test_no_adversarial_ablation_never_trains_the_discriminator(feats):
+    r = train(SMALL.with_ablation("DUCH-NA"), feats, **QUIET)
+    torch.manual_seed(SMALL.seed)  # the discriminator's initial weights under this seed
+    from hashing.model import DUCH
+
+    init = DUCH(feats.image_dim, feats.text_dim, 16, 64).discriminator.state_dict()
+    for k, v in r.model.discriminator.state_dict().items():
+        assert torch.equal(v, init[k]), k
+    assert all(row["adversarial"] == 0 for row in r.history)
+    full = train(SMALL, feats, **QUIET)
+    assert all(row["adversarial"] > 0 for row in full.history)
+    cl = train(SMALL.with_ablation("DUCH-CL"), feats, **QUIET)
+    assert all(row["intra_image"] == 0 and row["intra_text"] == 0 for row in cl.history)
+
+
+def test_training_learns_class_structure(feats):
+    from hashing.codes import pack, to_bits
+    from hashing.metrics import evaluate_direction
+
+    cfg = dataclasses.replace(SMALL, bits=32, epochs=12, hidden=128, batch_size=32, lr=1e-3)
+    r = train(cfg, feats, **QUIET)
+    untrained = train(dataclasses.replace(cfg, epochs=1, lr=0.0, disc_lr=0.0), feats, **QUIET)
+
+    def i2t(res):
+        q, d = res.splits["query"], res.splits["retrieval"]
+        qi = pack(to_bits(encode(res.model.image, feats.image[q])))
+        dt = pack(to_bits(encode(res.model.text, feats.text[d, 0])))
+        return evaluate_direction(qi, dt, feats.labels[q].numpy(), feats.labels[d].numpy())["map"]
+
+    assert i2t(r) > 0.8
+    assert i2t(r) > i2t(untrained) + 0.3
+    assert r.best_epoch == max(range(len(r.history)), key=lambda e: r.history[e]["val_map"]) + 1
+
+
+def test_bad_input_is_refused(feats):
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        train(dataclasses.replace(SMALL, batch_size=256), feats, **QUIET)
+    bad = feats.image.clone()
+    bad[5, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"image embeddings contain NaN/inf \(image rows \[5\]"):
+        Features(bad, feats.image_aug, feats.text, feats.text_aug, feats.labels)
+    with pytest.raises(ValueError, match="augmented caption"):
+        Features(feats.image, feats.image_aug, feats.text, feats.text_aug[:, :, :5], feats.labels)
+    with pytest.raises(ValueError, match="bits=12"):
+        train(dataclasses.replace(SMALL, bits=12), feats, **QUIET)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        SMALL.with_ablation("DUCH-XX")
