@@ -137,34 +137,24 @@ def codes_table(archive, model, cfg, splits: dict[str, np.ndarray]) -> pa.Table:
                                 schema=schema)
 
 
-def cmd_train(args) -> int:
+def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
+    """Train on an archive, write the run folder (checkpoint, run.json, codes/, metrics) and
+    return the standard evaluation. Shared by `duchkit train` and `duchkit study`."""
     from hashing.train import train
-    from pipelines.runner import setup_logging
     from pipelines.stage_folder import write_stage_folder
     from pipelines.store import atomic_write_json
-    from pipelines.training_data import load_archive
 
-    cfg = _config(args)
-    try:
-        archive = load_archive(args.images, args.texts)
-    except ValueError as exc:
-        raise ConfigError(f"duchkit train: {exc}") from None
-    for w in archive.warnings:
-        print(f"warning: {w}")
-    out = args.out
-    setup_logging(out)
     ck = out / "checkpoint.pt"
-    if ck.exists() and not args.resume:
+    if ck.exists() and not resume:
         raise ConfigError(f"duchkit train: {ck} exists; pass --resume to continue it or choose "
                           "another --out")
-    say = (lambda s: None) if args.quiet else print
 
     def both(line: str) -> None:
         log.info(line)
         say(line)
 
     try:
-        result = train(cfg, archive.features, out, resume=args.resume, log=both)
+        result = train(cfg, archive.features, out, resume=resume, log=both)
     except ValueError as exc:
         raise ConfigError(f"duchkit train: {exc}") from None
     table = codes_table(archive, result.model, cfg, result.splits)
@@ -174,12 +164,29 @@ def cmd_train(args) -> int:
         "has_labels": archive.has_labels, "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map, "train_seconds": round(result.seconds, 3),
         "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history})
-    print(f"trained {cfg.bits} bits, best epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
-          f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
-    return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair")
+    say(f"trained {cfg.bits} bits, best epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
+        f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
+    return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair",
+                        echo=say is print)
 
 
-def evaluate_run(run: Path, variant: str, k: int, relevance: str) -> int:
+def cmd_train(args) -> int:
+    from pipelines.runner import setup_logging
+    from pipelines.training_data import load_archive
+
+    cfg = _config(args)
+    try:
+        archive = load_archive(args.images, args.texts)
+    except ValueError as exc:
+        raise ConfigError(f"duchkit train: {exc}") from None
+    for w in archive.warnings:
+        print(f"warning: {w}")
+    setup_logging(args.out)
+    train_run(archive, cfg, args.out, args.resume, (lambda s: None) if args.quiet else print)
+    return 0
+
+
+def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = True) -> dict:
     from hashing.evaluate import evaluate_codes, markdown_table, plot_pk
     from pipelines.store import StageStore, atomic_write_json
 
@@ -218,10 +225,12 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str) -> int:
         "tie_rule": "equal Hamming distance: lower retrieval index first", "results": results})
     (run / f"metrics{suffix}.md").write_text(markdown_table(results, title))
     plot_pk(results, run / f"pk_curve{suffix}.png", title)
-    print(markdown_table(results, title))
-    print(f"wrote {run / f'metrics{suffix}.json'}, .md and pk_curve{suffix}.png")
-    return 0
+    if echo:
+        print(markdown_table(results, title))
+        print(f"wrote {run / f'metrics{suffix}.json'}, .md and pk_curve{suffix}.png")
+    return results
 
 
 def cmd_evaluate(args) -> int:
-    return evaluate_run(args.run, args.map_variant, args.k, args.relevance)
+    evaluate_run(args.run, args.map_variant, args.k, args.relevance)
+    return 0
