@@ -357,7 +357,23 @@ def _random_augmentation(p: ImageAugParams) -> Compose:
     return Compose("RandomAugmentation", [one, CenterCrop(p.crop)], p.crop)
 
 
+# One method alone, then the centre crop: the single-parameter sweeps of the paper's Fig. 5.
+def _blur_only(p: ImageAugParams) -> Compose:
+    return Compose("BlurOnly", [GaussianBlur(p.blur_sigma), CenterCrop(p.crop)], p.crop)
+
+
+def _rotation_only(p: ImageAugParams) -> Compose:
+    return Compose("RotationOnly", [Rotate(p.rotation_degrees), CenterCrop(p.crop)], p.crop)
+
+
+def _jitter_only(p: ImageAugParams) -> Compose:
+    return Compose("JitterOnly", [ColorJitter(p.jitter_strength), CenterCrop(p.crop)], p.crop)
+
+
 SETUPS: dict[str, Callable[[ImageAugParams], Compose]] = {
+    "BlurOnly": _blur_only,
+    "RotationOnly": _rotation_only,
+    "JitterOnly": _jitter_only,
     "NoAugmentation": _no_augmentation,
     "AugmentedCenterCrop": _augmented_center_crop,
     "AugmentedRandomCrop": _augmented_random_crop,

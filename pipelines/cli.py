@@ -66,6 +66,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     manifests = run_pipeline(config, progress=not args.quiet)
     out = config.run.out
+    study_report = None
+    if "study" in config.extra:  # e.g. the demo ends with a short study on its embeddings
+        from pipelines.study import run_study
+
+        spec = config.extra["study"].get("config", "demo")
+        study = _study(spec if spec == "demo" else config.source.parent / spec, args, out,
+                       dataset_from=config.source)
+        study_report = run_study(study, progress=not args.quiet, say=lambda s: None)["report"]
     print(f"\nduchkit {__version__}: finished; results in {out}")
     for name, m in manifests.items():
         rate = f", {m['rows_per_s']:.0f} rows/s" if m.get("rows_per_s") else ""
@@ -76,9 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     rejects = manifests.get("records", {}).get("rejects", {}).get("rows")
     if rejects:
         print(f"  {rejects} rejected dataset row(s): {out / 'records' / 'rejects.parquet'}")
-    for extra in ("report.md", "report.html"):
-        if (out / extra).exists():
-            print(f"  report: {out / extra}")
+    if study_report is not None:
+        print(f"\n{study_report.read_text()}")
+        print(f"  report: {study_report}")
     print(f"  log: {out / 'duchkit.log'}")
     return 0
 
@@ -142,6 +150,40 @@ def cmd_augment_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(name_or_path: str | Path, args: argparse.Namespace, out: Path | None,
+           dataset_from: Path | None = None):
+    from pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study
+
+    path = (builtin_study_path(str(name_or_path)) if str(name_or_path) in BUILTIN_STUDIES
+            else Path(name_or_path))
+    overrides = {"out": out, "device": getattr(args, "device", None)}
+    study = load_study(path, dataset_from or getattr(args, "dataset", None), overrides)
+    if getattr(args, "seeds", None):
+        try:
+            study.seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds!r}: expected integers like 0,1,2") from None
+    return study
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from pipelines.study import run_study
+
+    study = _study(args.config, args, args.out)
+    if args.dry_run:
+        print(f"study {study.name}: {len(study.cells)} cell(s) x seeds {study.seeds}")
+        for e in study.pipeline.stages:
+            print(f"  stage {e.name:<32} {e.stage.kind} <- {e.input}")
+        for c in study.cells:
+            print(f"  cell  {c.id} {c.group:>6} {c.label}: {c.image_stage} + {c.text_stage}")
+        return 0
+    result = run_study(study, progress=not args.quiet,
+                       say=(lambda s: None) if args.quiet else print)
+    print(result["report"].read_text())
+    print(f"report: {result['report']}")
+    return 0
+
+
 def not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"duchkit {name}: this stage is not part of duchkit {__version__} yet.",
@@ -183,8 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli_embed import add_commands as add_image_and_embed_commands
 
     add_image_and_embed_commands(sub, _common, run_one_stage)
-    for name, text in [("study", "the augmentation comparison study"),
-                       ("search", "query a hash index")]:
+    from pipelines.study import BUILTIN_STUDIES
+
+    p = sub.add_parser("study", help="the augmentation comparison study: a grid of variants, "
+                       "DUCH per cell and seed, a report")
+    p.add_argument("--config", required=True,
+                   help=f"study config file, or a built-in study: {', '.join(BUILTIN_STUDIES)}")
+    p.add_argument("--dataset", type=Path, help="take [dataset] from this pipeline config")
+    p.add_argument("--out", type=Path, help="output folder (default: ./duchkit-out)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seeds", help="comma-separated seeds, replacing [study] seeds "
+                   "(runs already done are reused)")
+    p.add_argument("--dry-run", action="store_true", help="list the stages and cells")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    for name, text in [("search", "query a hash index")]:
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=not_yet(name))
     from pipelines.commands.train_cli import add_parsers as add_train_parsers
