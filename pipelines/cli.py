@@ -183,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli_embed import add_commands as add_image_and_embed_commands
 
     add_image_and_embed_commands(sub, _common, run_one_stage)
-    for name, text in [("study", "the augmentation comparison study"),
-                       ("search", "query a hash index")]:
+    for name, text in [("study", "the augmentation comparison study")]:
         p = sub.add_parser(name, help=text)
         p.set_defaults(func=not_yet(name))
+    from pipelines.commands.search_cli import add_parser as add_search_parser
+
+    add_search_parser(sub)
     from pipelines.commands.train_cli import add_parsers as add_train_parsers
 
     add_train_parsers(sub)  # train, evaluate
