@@ -25,14 +25,24 @@ def _train(demo_run: Path, out: Path, bits: int) -> Path:
     assert main(["train", "--images", str(demo_run / "image_embeddings"),
                  "--texts", str(demo_run / "caption_embeddings"), "--out", str(out),
                  "--bits", str(bits), "--batch-size", "16", "--epochs", str(EPOCHS[bits]),
-                 "--eval-every", "5", "--seed", "0", "--quiet"]) == 0
+                 "--eval-every", "5", "--checkpoint-every", "50", "--seed", "0",
+                 "--quiet"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def ucm_runs(demo_run, tmp_path_factory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("duch-ucm")
-    return {bits: _train(demo_run, root / f"run{bits}", bits) for bits in (16, 32)}
+    # One torch thread: measured here, after the demo pipeline has run in this process, the
+    # 2-thread pool trained 7x slower (17 s vs 1.8 s for 20 epochs; 3.3 s in a fresh process):
+    # another OpenMP runtime loaded by the pipeline (ctranslate2 / forkserver workers) competes
+    # for the 2 cores. The result does not depend on the thread count (same seed, same codes).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {bits: _train(demo_run, root / f"run{bits}", bits) for bits in (16, 32)}
+    finally:
+        torch.set_num_threads(before)
 
 
 def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
