@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.codes import pack, to_bits, unpack
+from hashing.codes import pack, unpack
 from hashing.retrieval import hamming_packed, rank, top_k_packed, top_k_torch
 from pipelines.cli import main
 from pipelines.commands.search_cli import search
@@ -131,7 +131,7 @@ def test_search_a_caption_returns_airplanes(ucm_runs, capsys):
     assert json.loads(capsys.readouterr().out)["results"] == res["results"]
 
 
-def test_search_an_archive_image_finds_itself_and_its_class(ucm_runs, demo_run):
+def test_search_an_archive_image_finds_itself_and_its_class(ucm_runs):
     """airplane00.jpg is the archive's 101.tif: the query is embedded exactly as the image stage
     embedded view 0 (same crop, resize, normalisation), so its code equals the archive's."""
     run = ucm_runs[32]

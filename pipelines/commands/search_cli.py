@@ -139,7 +139,9 @@ def embed_text(text: str, texts_dir: Path, device: str) -> np.ndarray:
     if not clean.strip():
         raise ConfigError(f"--text {text!r} is empty after the archive's "
                           "preprocessing (lower-case, punctuation removed)")
-    return encoder.encode([clean], device)
+    # the archive's autocast precision (matters on CUDA only; the CPU always runs fp32)
+    return encoder.encode([clean], device, precision=manifest["parameters"].get("precision",
+                                                                                 "auto"))
 
 
 def clean_view_crop(images_dir: Path) -> int | None:
@@ -193,7 +195,8 @@ def embed_image(path: Path, images_dir: Path, device: str) -> np.ndarray:
         raise ConfigError(f"cannot load the query image encoder of "
                           f"{images_dir}: {exc}") from None
     view = clean_view(path, clean_view_crop(images_dir), encoder.input_size)
-    return encoder.encode(torch.from_numpy(np.ascontiguousarray(view)), device, "fp32")
+    return encoder.encode(torch.from_numpy(np.ascontiguousarray(view)), device,
+                          manifest["parameters"].get("precision", "auto"))
 
 
 def hash_query(run: Path, modality: str, embedding: np.ndarray, device: str) -> np.ndarray:
