@@ -68,6 +68,8 @@ class TrainConfig:
         problems = []
         if self.bits not in (8, 16, 24, 32, 48, 64, 96, 128, 256):
             problems.append(f"bits={self.bits} (use 16, 32, 64 or 128)")
+        if self.checkpoint_every < 1:
+            problems.append(f"checkpoint_every={self.checkpoint_every} (must be >= 1)")
         if self.epochs < 1 or self.batch_size < 2:
             problems.append("epochs must be >= 1 and batch_size >= 2")
         if self.reduction not in REDUCTIONS:

@@ -83,3 +83,18 @@ def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20, chunk: in
             pick = cand[np.argsort(key)[:k]]
             idx_out[s + r], dist_out[s + r] = pick, d[r, pick]
     return idx_out, dist_out
+
+
+def top_k_torch(query_bits: np.ndarray, database_bits: np.ndarray, k: int = 20,
+                device: str = "cpu"):
+    """The GPU path: +-1 codes on `device`, distances by one matmul, top-k of the tie-rule keys.
+
+    Takes bool bits [Q, K] / [N, K] (hashing.codes.unpack); returns numpy (indices, distances)
+    equal to `top_k_packed`'s. Runs on the CPU too, which is how its equality is tested."""
+    dev = torch.device(device)
+    q = torch.as_tensor(np.where(query_bits, 1.0, -1.0), dtype=torch.float32, device=dev)
+    db = torch.as_tensor(np.where(database_bits, 1.0, -1.0), dtype=torch.float32, device=dev)
+    dist = hamming_signs(q, db)
+    idx = rank_torch(dist, k)
+    return idx.cpu().numpy(), torch.gather(dist, 1, idx).cpu().numpy()
+

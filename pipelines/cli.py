@@ -156,7 +156,8 @@ def _study(name_or_path: str | Path, args: argparse.Namespace, out: Path | None,
 
     path = (builtin_study_path(str(name_or_path)) if str(name_or_path) in BUILTIN_STUDIES
             else Path(name_or_path))
-    overrides = {"out": out, "device": getattr(args, "device", None)}
+    overrides = {"out": out, **{k: getattr(args, k, None) for k in
+                                ("device", "engine", "ray_address", "workers", "lenient")}}
     study = load_study(path, dataset_from or getattr(args, "dataset", None), overrides)
     if getattr(args, "seeds", None):
         try:
@@ -182,14 +183,6 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(result["report"].read_text())
     print(f"report: {result['report']}")
     return 0
-
-
-def not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"duchkit {name}: this stage is not part of duchkit {__version__} yet.",
-              file=sys.stderr)
-        return EXIT_USAGE
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,12 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
-    for name, text in [("search", "query a hash index")]:
-        p = sub.add_parser(name, help=text)
-        p.set_defaults(func=not_yet(name))
+    from pipelines.commands.search_cli import add_parser as add_search_parser
     from pipelines.commands.train_cli import add_parsers as add_train_parsers
 
     add_train_parsers(sub)  # train, evaluate
+    add_search_parser(sub)
     return parser
 
 

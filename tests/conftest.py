@@ -34,3 +34,15 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     return DEMO
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """`duchkit run` on the embedded demo, once per session (~25-60 s on a CPU): records, text
+    variants, image views and the real EfficientNet-Lite0 / MiniLM embeddings
+    (`image_embeddings`, `caption_embeddings`). Tests only read it (a re-run reuses shards)."""
+    from pipelines.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["run", "--out", str(out), "--quiet"]) == 0
+    return out

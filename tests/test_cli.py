@@ -4,16 +4,10 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
-
 from pipelines.cli import main
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["run", "--out", str(out), "--quiet"]) == 0
-    return out
+# demo_run: the session fixture of conftest.py (shared with test_search.py)
 
 
 def test_demo_runs_with_no_arguments(demo_run, capsys):

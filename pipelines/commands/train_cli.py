@@ -52,6 +52,9 @@ def add_parsers(sub) -> None:
                    "protocol, one seeded caption per image for training and evaluation")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="validation mAP every N epochs (model selection)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="save checkpoint.pt every N epochs (and at the end); a 4096-wide "
+                   "model's checkpoint is ~110 MB, so N = 1 writes that much per epoch")
     p.add_argument("--k", type=int, default=20, help="K of mAP@K")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
@@ -84,7 +87,8 @@ def _config(args) -> "TrainConfig":
                       lambda_text=args.lambda_text, tau=args.tau, lr=args.lr,
                       reduction=args.loss_reduction, lr_decay=args.lr_decay,
                       captions_per_image=args.captions_per_image, eval_every=args.eval_every,
-                      map_k=args.k, compile=args.compile, amp=args.amp)
+                      map_k=args.k, compile=args.compile, amp=args.amp,
+                      checkpoint_every=args.checkpoint_every)
     cfg = cfg.with_ablation(args.ablation)
     try:
         return cfg.validate()
