@@ -1,6 +1,6 @@
 """Image embedding end to end: ours vs the authors' pattern, same images, same encoder.
 
-    python benchmarks/embed.py [--quick] [--device cpu|cuda] [--images N] [--model SPEC]
+    python benchmarks/image_embed.py [--quick] [--device cpu|cuda] [--images N] [--model SPEC]
 
 Inputs: the shared real UCM images (2,100; --quick: 48), 2 views per image (view 0: centre crop
 200 -> 224; view 1: AugmentedCenterCrop = blur sigma U(1.1, 1.3) + rotation U(-10, -5) + centre
@@ -259,7 +259,7 @@ def main() -> None:
               f"{r['torchvision_per_s']:>8.0f}/s", flush=True)
 
     result = {
-        "bench": "embed", "device": args.device,
+        "bench": "image_embed", "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else
         f"cpu x{os.cpu_count()}",
         "n": len(paths) * views, "images": len(paths), "views_per_image": views,
@@ -282,7 +282,7 @@ def main() -> None:
         "transforms_per_s": rates,
         "quick": bool(args.quick),
     }
-    out = ROOT / "benchmarks" / "results" / f"embed-{args.device}.json"
+    out = ROOT / "benchmarks" / "results" / f"image_embed-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
