@@ -135,40 +135,30 @@ def load_study(path: Path, dataset_from: Path | None = None,
                               f"pipeline nor a completed stage in {pipeline.run.out}")
         return name
 
-    def text_stage(spec: Any, here: str) -> str:
+    def variant_stages(modality: str, spec: Any, here: str) -> str:
+        """The embedding stage of a text or image variant, adding the stages it needs."""
+        declared = text_variants if modality == "text" else image_variants
         if isinstance(spec, str):
-            if spec not in text_variants:
-                raise ConfigError(f"{here}: text variant {spec!r} is not declared "
-                                  f"(declared: {sorted(text_variants)})")
-            spec = text_variants[spec]
+            if spec not in declared:
+                raise ConfigError(f"{here}: {modality} variant {spec!r} is not declared "
+                                  f"(declared: {sorted(declared)})")
+            spec = declared[spec]
         spec = dict(spec)
         if "stage" in spec:
             return _existing(spec["stage"], here)
-        kind = spec.pop("kind", None)
-        if not kind:
-            raise ConfigError(f"{here}: a text variant needs 'kind' (e.g. rule-augment)")
-        h = _hash([kind, spec])
-        text_name, emb_name = f"text-{h}", f"text-{h}-embeddings"
-        stages.setdefault(text_name, _stage(kind, text_name, "records", spec, here))
-        stages.setdefault(emb_name, _stage(
-            "embed-texts", emb_name, text_name,
-            {"model": embed["text_model"], "pooling": embed["text_pooling"]}, here))
-        return emb_name
-
-    def image_stage(spec: Any, here: str) -> str:
-        if isinstance(spec, str):
-            if spec not in image_variants:
-                raise ConfigError(f"{here}: image variant {spec!r} is not declared "
-                                  f"(declared: {sorted(image_variants)})")
-            spec = image_variants[spec]
-        spec = dict(spec)
-        if "stage" in spec:
-            return _existing(spec["stage"], here)
-        h = _hash(spec)
-        img_name, emb_name = f"image-{h}", f"image-{h}-embeddings"
-        stages.setdefault(img_name, _stage("augment-images", img_name, "records", spec, here))
-        stages.setdefault(emb_name, _stage("embed-images", emb_name, img_name,
-                                           {"model": embed["image_model"]}, here))
+        if modality == "text":
+            kind = spec.pop("kind", None)
+            if not kind:
+                raise ConfigError(f"{here}: a text variant needs 'kind' (e.g. rule-augment)")
+            embed_kind = "embed-texts"
+            embed_values = {"model": embed["text_model"], "pooling": embed["text_pooling"]}
+        else:
+            kind, embed_kind = "augment-images", "embed-images"
+            embed_values = {"model": embed["image_model"]}
+        name = f"{modality}-{_hash([kind, spec])}"
+        stages.setdefault(name, _stage(kind, name, "records", spec, here))
+        emb_name = f"{name}-embeddings"
+        stages.setdefault(emb_name, _stage(embed_kind, emb_name, name, embed_values, here))
         return emb_name
 
     base_train = dict(data.get("train") or {})
@@ -184,7 +174,8 @@ def load_study(path: Path, dataset_from: Path | None = None,
             raise ConfigError(f"{here}: unknown field(s) {extra}")
         if "text" not in c or "image" not in c:
             raise ConfigError(f"{here}: needs 'text' and 'image'")
-        t, im = text_stage(c["text"], here), image_stage(c["image"], here)
+        t = variant_stages("text", c["text"], here)
+        im = variant_stages("image", c["image"], here)
         train = {**base_train, **(c.get("train") or {})}
         ablation = c.get("ablation", "DUCH")
         cid = _hash([t, im, train, ablation])  # equal cells share their runs
