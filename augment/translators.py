@@ -154,6 +154,14 @@ class _Base:
         return None
 
 
+class _TokenizerBacked(_Base):
+    """Backends whose `_model` returns (Marian tokenizer, model): token counts come from it."""
+
+    def token_counts(self, texts: list[str], src: str, tgt: str) -> list[int]:
+        tokenizer, _ = self._model(src, tgt)
+        return [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+
+
 # ---------------------------------------------------------------- transformers MarianMT
 
 def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -171,7 +179,7 @@ def _with_unknown_notes(out: list[tuple[str, str | None]], ids: list[list[int]],
             else (text, note) for (text, note), x in zip(out, ids)]
 
 
-class MarianTranslator(_Base):
+class MarianTranslator(_TokenizerBacked):
     backend = "transformers"
 
     def __init__(self, models: dict[Pair, ModelSpec], decoding: Decoding | None = None,
@@ -196,10 +204,6 @@ class MarianTranslator(_Base):
         self.max_input_tokens = min(model.config.max_position_embeddings,
                                     tokenizer.model_max_length or 10**9)
         return tokenizer, model
-
-    def token_counts(self, texts: list[str], src: str, tgt: str) -> list[int]:
-        tokenizer, _ = self._model(src, tgt)
-        return [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
 
     def translate_with_notes(self, texts: list[str], src: str, tgt: str
                              ) -> list[tuple[str, str | None]]:
@@ -276,7 +280,7 @@ def convert_to_ctranslate2(spec: ModelSpec, out_dir: Path, quantization: str | N
     return out_dir
 
 
-class CTranslate2Translator(_Base):
+class CTranslate2Translator(_TokenizerBacked):
     backend = "ctranslate2"
 
     def __init__(self, models: dict[Pair, ModelSpec], converted_root: Path,
@@ -320,10 +324,6 @@ class CTranslate2Translator(_Base):
         self.max_input_tokens = AutoConfig.from_pretrained(spec.location, **kw
                                                            ).max_position_embeddings
         return tokenizer, translator
-
-    def token_counts(self, texts: list[str], src: str, tgt: str) -> list[int]:
-        tokenizer, _ = self._model(src, tgt)
-        return [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
 
     def translate_with_notes(self, texts: list[str], src: str, tgt: str
                              ) -> list[tuple[str, str | None]]:
