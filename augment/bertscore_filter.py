@@ -7,6 +7,7 @@ and any threshold on it are the raw F1.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Sequence
 
@@ -20,6 +21,18 @@ def baseline_file(model_type: str, lang: str = "en") -> str | None:
     path = os.path.join(os.path.dirname(bert_score.__file__), "rescale_baseline", lang,
                         f"{model_type}.tsv")
     return path if os.path.isfile(path) else None
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> fp16 on CUDA, fp32 on the CPU (where fp16 is slow and bf16 changes scores)."""
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise ValueError("precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+    return precision
 
 
 def make_scorer(model_type: str, num_layers: int | None = None, device: str = "cpu",
@@ -49,13 +62,21 @@ class BertScoreF1:
     candidates against the same original captions, and re-embedding them each round was about
     a third of the model time. Scores agree with `BERTScorer.score` to float rounding (padding
     to a different batch length).
+
+    `precision`: the encoder's autocast dtype. "fp32" is bit-for-bit bert-score. "bf16" runs
+    the encoder about 2.5x faster on CPUs with AMX/AVX512-BF16 (and on GPUs); scores then move
+    by about 1e-3, which can flip near-ties between candidates, so it is opt-in on the CPU.
+    "auto": fp16 on CUDA, fp32 on the CPU. The similarity matching always runs in fp32.
     """
 
-    def __init__(self, scorer, batch_size: int = 256):
+    def __init__(self, scorer, batch_size: int = 256, precision: str = "auto"):
         from collections import defaultdict
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.scorer = scorer
         self.batch_size = int(batch_size)
+        self.precision = resolve_precision(precision, str(scorer.device))
         self.cache: dict[tuple[str, str], float] = {}
         self.ref_embeddings: dict[str, tuple] = {}
         self.pairs_scored = 0  # distinct pairs sent to the model, for tests and benchmarks
@@ -86,6 +107,15 @@ class BertScoreF1:
                                        truncation=False)["input_ids"])
         return n > self.max_tokens
 
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device = "cuda" if str(self.scorer.device).startswith("cuda") else "cpu"
+        return torch.autocast(device, dtype=getattr(torch, {"bf16": "bfloat16",
+                                                            "fp16": "float16"}[self.precision]))
+
     def _embed(self, sentences: list[str], into: dict) -> None:
         from bert_score.utils import get_bert_embedding
 
@@ -93,9 +123,11 @@ class BertScoreF1:
                       key=lambda x: len(x.split(" ")), reverse=True)  # bert-score's order
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            emb, mask, idf = get_bert_embedding(batch, self.scorer._model, self.scorer._tokenizer,
-                                                self.idf_dict, device=self.scorer.device)
-            emb, mask, idf = emb.cpu(), mask.cpu(), idf.cpu()
+            with self._autocast():
+                emb, mask, idf = get_bert_embedding(batch, self.scorer._model,
+                                                    self.scorer._tokenizer, self.idf_dict,
+                                                    device=self.scorer.device)
+            emb, mask, idf = emb.float().cpu(), mask.cpu(), idf.float().cpu()
             for i, sent in enumerate(batch):
                 n = int(mask[i].sum())
                 into[sent] = (emb[i, :n].clone(), idf[i, :n].clone())

@@ -26,6 +26,8 @@ class TaggerUnavailable(RuntimeError):
 
 class PosTagger(Protocol):
     name: str
+    # Tokens each side that can influence a token's tag, or None (the whole sentence can).
+    receptive_field: int | None
 
     def tag(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
         """One Penn tag per token, for every sentence, in order."""
@@ -52,6 +54,7 @@ class SpacyTagger:
         self.nlp = nlp
         self.model = model
         self.batch_size = batch_size
+        self.receptive_field = spacy_receptive_field(nlp)
 
     def tag(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
         from spacy.tokens import Doc
@@ -64,11 +67,37 @@ class SpacyTagger:
         return out
 
 
+def spacy_receptive_field(nlp: Any) -> int | None:
+    """How many tokens each side can change a token's tag, read off the pipeline's config.
+
+    A tagger that listens to a `MaxoutWindowEncoder` tok2vec (the CNN of the `sm`/`md`/`lg`
+    pipelines) sees `depth * window_size` tokens each side and nothing else: its per-token
+    embeddings (NORM, PREFIX, SUFFIX, SHAPE, SPACY, IS_SPACE) have no context. Then the tag at
+    position i of a sentence equals the tag at i of the sentence cut to [i - r, i + r], which
+    lets Algorithm 1 tag (and cache) short windows instead of whole candidate sentences.
+    Anything else (transformers, LSTMs, an unknown architecture): None, tag whole sentences."""
+    try:
+        cfg = nlp.config["components"]
+        tagger = cfg["tagger"]["model"]
+        t2v = tagger["tok2vec"]
+        if "Tok2VecListener" in t2v.get("@architectures", ""):
+            t2v = cfg[t2v.get("upstream", "tok2vec")]["model"]
+        enc = t2v["encode"]
+        if not enc.get("@architectures", "").startswith("spacy.MaxoutWindowEncoder"):
+            return None
+        if any(name for name in nlp.pipe_names if name not in ("tok2vec", "tagger")):
+            return None  # another enabled component could rewrite tag_
+        return int(enc["depth"]) * int(enc["window_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class NltkTagger:
     """NLTK's averaged perceptron, loaded exactly as `nltk.pos_tag` loads it (from the NLTK data
     path), optionally with `data_dir` put first on that path."""
 
     name = "nltk"
+    receptive_field = None  # features include the previous predicted tags: unbounded
 
     def __init__(self, data_dir: str | os.PathLike | None = None, lang: str = "eng"):
         import nltk
@@ -99,6 +128,7 @@ class StanzaTagger:
     folder (with resources.json), `pos_model` optionally a specific pos model file."""
 
     name = "stanza"
+    receptive_field = None  # a BiLSTM over the whole sentence
 
     def __init__(self, resource_dir: str | os.PathLike | None = None,
                  pos_model: str | os.PathLike | None = None, lang: str = "en",

@@ -159,6 +159,17 @@ class RuleAugmenter:
             self.stats["tagger_calls"] += 1
         return [self.tag_cache[s] for s in sentences]
 
+    def _tags_at(self, items: list[tuple[tuple[str, ...], int]]) -> list[str]:
+        """The tag of token `pos` in each (sentence, pos). With a tagger whose tags depend on
+        at most r tokens each side (`receptive_field`), only the window [pos - r, pos + r] is
+        tagged: the same tag, less work, and windows repeat across captions, so the cache
+        catches far more of them than whole sentences."""
+        r = getattr(self.tagger, "receptive_field", None)
+        if r is None:
+            return [t[pos] for t, (_, pos) in zip(self._tags([s for s, _ in items]), items)]
+        windows = [(s[max(0, pos - r):pos + r + 1], pos - max(0, pos - r)) for s, pos in items]
+        return [t[i] for t, (_, i) in zip(self._tags([w for w, _ in windows]), windows)]
+
     # -------------------------------------------------------------- the algorithm
     def augment(self, captions: Sequence[str],
                 rngs: Sequence[np.random.Generator] | None = None) -> list[RuleResult]:
@@ -243,8 +254,8 @@ class RuleAugmenter:
                     tokens[pos] = cand
                     pending.append((u, pos, cand, sim, tuple(tokens)))
             # Same POS in the substituted sentence: one tagging pass for the whole round.
-            tags = self._tags([p[4] for p in pending])
-            pending = [p for p, t in zip(pending, tags) if t[p[1]] == p[0].tags[p[1]]]
+            tags = self._tags_at([(p[4], p[1]) for p in pending])
+            pending = [p for p, t in zip(pending, tags) if t == p[0].tags[p[1]]]
             # BERTScore of every survivor against its original caption: one batched call.
             f1 = self.scorer.f1([p[0].render(p[4]) for p in pending],
                                 [p[0].text for p in pending]) if pending else []

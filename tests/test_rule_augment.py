@@ -251,3 +251,40 @@ def test_summary_counts_reasons():
     assert s == {"reasons": {"changed": 2, "empty": 1}, "changed": 2, "scoring_truncated": 1,
                  "mean_replacements": 1.0}
     assert Counter(s["reasons"]) == Counter({"changed": 2, "empty": 1})
+
+
+def test_windowed_tags_equal_whole_sentence_tags(stage, ucm_captions):
+    """The spaCy tagger's tag at i depends on tokens i-4..i+4 only (CNN depth 4, window 1),
+    so Algorithm 1 tags short windows of candidate sentences. Check on real substitutions
+    that the window's tag is the whole sentence's tag, for every one of them."""
+    aug = stage.augmenter
+    r = aug.tagger.receptive_field
+    assert r == 4
+    distinct = sorted(set(ucm_captions))[::7]
+    sentences = [tuple(split_caption(c)[0]) for c in distinct]
+    items = []
+    for tokens, tags in zip(sentences, aug.tagger.tag(sentences)):
+        for i, tag in enumerate(tags):
+            if tag in ("NN", "NNS", "VBG", "VBN") and tokens[i].isalpha():
+                for cand, _ in aug.neighbours.neighbours([tokens[i].lower()]).get(
+                        tokens[i].lower(), ())[:3]:
+                    items.append((tokens[:i] + (cand,) + tokens[i + 1:], i))
+    assert len(items) > 1000
+    whole = [t[i] for t, (_, i) in zip(aug.tagger.tag([s for s, _ in items]), items)]
+    windowed = RuleAugmenter(aug.tagger, aug.neighbours, aug.scorer)._tags_at(items)
+    assert windowed == whole
+    # the windows really are shorter than most sentences (else this tests nothing)
+    assert sum(len(s) > 2 * r + 1 for s, _ in items) > len(items) / 2
+
+
+def test_bf16_scores_stay_close_to_fp32(stage, sample):
+    from augment.bertscore_filter import BertScoreF1
+
+    scorer = stage.augmenter.scorer.scorer
+    cands = [r.augmented for r in fresh(stage).augment(sample[:20]) if r.changed]
+    refs = [c for c, r in zip(sample[:20], fresh(stage).augment(sample[:20])) if r.changed]
+    fp32 = BertScoreF1(scorer, 64, "fp32").f1(cands, refs)
+    bf16 = BertScoreF1(scorer, 64, "bf16").f1(cands, refs)
+    assert np.abs(fp32 - bf16).max() < 0.02
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        BertScoreF1(scorer, 64, "fp16")

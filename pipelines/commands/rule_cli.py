@@ -49,6 +49,9 @@ OPTIONS: list[tuple[str, str, Any, tuple | None, str]] = [
     ("--bertscore-threshold", "bertscore_threshold", _threshold, None,
      "default 0.75 (raw F1 unless the model has a rescale baseline); off: no filter"),
     ("--rescale", "rescale", _bool_or_auto, None, "auto (default), true or false"),
+    ("--precision", "precision", str, ("auto", "fp32", "bf16", "fp16"),
+     "BERTScore encoder precision: auto (default: fp16 on CUDA, fp32 on CPU); bf16 is ~2.5x "
+     "faster on CPUs with AMX"),
     ("--choice", "choice", str, ("best", "random"), "best (default) or random"),
     ("--variants", "variants", int, None, "augmented captions per caption (random only)"),
     ("--max-replacements", "max_replacements", int, None, "0 (default): no cap"),
