@@ -116,13 +116,30 @@ class BertScoreF1:
         return torch.autocast(device, dtype=getattr(torch, {"bf16": "bfloat16",
                                                             "fp16": "float16"}[self.precision]))
 
+    def _batches(self, todo: list[str]) -> list[list[str]]:
+        """Batches of sentences with the same token count, so no batch carries padding.
+
+        bert-score sorts by word count, which left ~24 % of the encoded positions padding on
+        UCM's candidate sentences; the encoder's cost is per position, so grouping by the
+        exact token count saves that share of the model time. Embeddings do not depend on
+        the batch beyond float rounding."""
+        if not todo:
+            return []
+        tok = self.scorer._tokenizer
+        lengths = [min(len(ids), self.max_tokens) for ids in
+                   tok(todo, add_special_tokens=True, truncation=False)["input_ids"]]
+        by_length: dict[int, list[str]] = {}
+        for sent, n in zip(todo, lengths):
+            by_length.setdefault(n, []).append(sent)
+        return [group[i:i + self.batch_size]
+                for n in sorted(by_length, reverse=True)
+                for group in [sorted(by_length[n])]
+                for i in range(0, len(group), self.batch_size)]
+
     def _embed(self, sentences: list[str], into: dict) -> None:
         from bert_score.utils import get_bert_embedding
 
-        todo = sorted({s for s in sentences if s not in into},
-                      key=lambda x: len(x.split(" ")), reverse=True)  # bert-score's order
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
+        for batch in self._batches([s for s in dict.fromkeys(sentences) if s not in into]):
             with self._autocast():
                 emb, mask, idf = get_bert_embedding(batch, self.scorer._model,
                                                     self.scorer._tokenizer, self.idf_dict,

@@ -41,14 +41,16 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def autocast(device: str, precision: str):
-    """fp16/bf16 autocast on CUDA ('auto' = fp16); plain fp32 on the CPU, where autocast to
-    bf16 is slower than fp32 on most machines and changes results."""
+    """fp16/bf16 autocast on CUDA ('auto' = fp16). On the CPU, fp32 unless bf16 is asked for:
+    CPUs with AMX (Xeon Sapphire Rapids and later) run bf16 convolutions and matmuls several
+    times faster, most others slower, and bf16 moves embeddings slightly (cosine ~0.999 to
+    fp32), so it is the user's call, never a silent default. fp16 is CUDA-only (fp32 on CPU)."""
     import torch
 
-    if device != "cuda" or precision == "fp32":
+    if precision == "fp32" or (device != "cuda" and precision != "bf16"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda" if device == "cuda" else "cpu", dtype=dtype)
 
 
 # ---------------------------------------------------------------- images

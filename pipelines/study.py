@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import StageEntry, build_config, read_config_file
+from pipelines.report_html import render as render_html
 from pipelines.stage import ConfigError
 from pipelines.store import atomic_write_bytes, atomic_write_json, fingerprint
 
-BUILTIN_STUDIES = ("demo", "table2", "table3", "table4", "fig4", "fig5")
+BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4", "fig5")
 TASKS = ("i2t", "t2i")
 
 
@@ -331,7 +332,11 @@ def write_report(study: Study, rows: list[dict], timing: dict) -> Path:
     plots = _plots(study, rows, folder)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     report = folder / "report.md"
-    atomic_write_bytes(report, ("\n".join(lines) + "\n").encode())
+    markdown = "\n".join(lines) + "\n"
+    atomic_write_bytes(report, markdown.encode())
+    # the same report as one self-contained page (plots inlined) for a browser or a notebook
+    atomic_write_bytes(folder / "report.html",
+                       render_html(markdown, folder, study.title).encode())
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")

@@ -2,6 +2,7 @@
 the report has every configured cell."""
 from __future__ import annotations
 
+import html
 import json
 import shutil
 
@@ -106,6 +107,11 @@ def test_report_has_every_cell_and_the_paper_numbers(grid):
     csv_rows = (first["report"].parent / "cells.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 4
     assert (first["report"].parent / "pk_curves.png").stat().st_size > 1000
+    page = (first["report"].parent / "report.html").read_text()
+    for cell in study.cells:
+        assert f"<td>{cell.group}</td><td>{html.escape(cell.label, quote=False)}</td>" in page
+    assert "<th>I→T paper (RSICD)</th>" in page and "0.801" in page
+    assert '<img alt="pk_curves" src="data:image/png;base64,' in page  # inlined, one file
     # mAP values are real numbers in [0, 1]
     for r in first["rows"]:
         assert 0 <= r["i2t_map"] <= 1 and 0 <= r["t2i_map"] <= 1
