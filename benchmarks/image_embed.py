@@ -1,6 +1,7 @@
 """Image embedding end to end: ours vs the authors' pattern, same images, same encoder.
 
     python benchmarks/image_embed.py [--quick] [--device cpu|cuda] [--images N] [--model SPEC]
+                                     [--precision auto|fp32|bf16|fp16]
 
 Inputs: the shared real UCM images (2,100; --quick: 48), 2 views per image (view 0: centre crop
 200 -> 224; view 1: AugmentedCenterCrop = blur sigma U(1.1, 1.3) + rotation U(-10, -5) + centre
@@ -28,6 +29,9 @@ Threads (CPU): both paths run with the same torch intra-op threads, the cores le
 one decoding worker (1 on 2 cores; --threads to change). On this shared 2-core machine two
 threads per process made every path 4-7x slower and the timings erratic.
 Batches: ours uses the stage defaults (CPU 4 views, measured fastest here; CUDA 512).
+Precision (ours): the stage's `precision` (auto = fp16 on CUDA, fp32 on the CPU). `--precision
+bf16` on a CPU with AMX runs the encoder in bf16 autocast, channels-last; the baseline stays
+fp32 as the authors ran it, and the equivalence check then also bounds the bf16 drift.
 
 Also reported: per-transform images/s of our spec-replayed albumentations ops (draw + apply,
 on decoded arrays) next to torchvision's PIL transforms for the same transform.
@@ -178,6 +182,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best "
                     "of each counts)")
     ap.add_argument("--batch-size", type=int, help="ours: views per batch (cpu 4, cuda 512)")
+    ap.add_argument("--loader-workers", type=int, default=-1,
+                    help="ours: decoding worker processes (-1: the stage default; 0: decode in "
+                    "the main process between batches)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="ours: encoder precision (auto: fp16 on CUDA, fp32 on the CPU)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
@@ -185,8 +194,9 @@ def main() -> None:
     if args.device == "cpu":
         # Both paths get the same intra-op threads: the cores left beside ours' one decoding
         # worker (1 on 2 cores). More threads than free cores made both paths erratic here.
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2)
-                                                  - default_loader_workers("cpu")))
+        workers = default_loader_workers("cpu") if args.loader_workers == -1 \
+            else args.loader_workers
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - workers))
     views = 2
     tmp = Path(tempfile.mkdtemp(prefix="duchkit-bench-embed-"))
     model = args.model
@@ -202,7 +212,8 @@ def main() -> None:
 
     records = ucm_records(n)
     paths = list(dict.fromkeys(records.column("image_path").to_pylist()))
-    stage = EmbedImages(model=model, batch_size=batch)
+    stage = EmbedImages(model=model, batch_size=batch, precision=args.precision,
+                        loader_workers=args.loader_workers)
     stage.setup(StageContext(device=args.device))
     encoder = stage.encoder()
     base_model = load_image_encoder(model).model.to(args.device)  # a separate copy: train mode
@@ -265,8 +276,9 @@ def main() -> None:
         "n": len(paths) * views, "images": len(paths), "views_per_image": views,
         "unit": "image views per second, end to end (decode + augment + encode + write)",
         "encoder": encoder.arch, "encoder_spec": model, "dim": encoder.dim,
-        "input_size": encoder.input_size, "batch_size": batch,
-        "loader_workers": default_loader_workers(args.device),
+        "input_size": encoder.input_size, "batch_size": batch, "precision": args.precision,
+        "loader_workers": default_loader_workers(args.device) if args.loader_workers == -1
+        else args.loader_workers,
         "batch_size_used": default_batch_size(args.device) if batch == -1 else batch,
         "torch_threads": torch.get_num_threads(),
         "ours_per_s": round(table.num_rows / ours_s, 2),
@@ -282,7 +294,8 @@ def main() -> None:
         "transforms_per_s": rates,
         "quick": bool(args.quick),
     }
-    out = ROOT / "benchmarks" / "results" / f"image_embed-{args.device}.json"
+    suffix = "" if args.precision in ("auto", "fp32") else f"-{args.precision}"
+    out = ROOT / "benchmarks" / "results" / f"image_embed-{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -71,12 +71,27 @@ class ImageEncoder:
         return self.arch
 
     def to(self, device: str) -> "ImageEncoder":
+        self.model = self.model.to(device)
+        return self
+
+    @staticmethod
+    def channels_last(device: str, precision: str) -> bool:
+        """cuDNN's and oneDNN-bf16's fast layout. fp32 on the CPU measured no better than NCHW
+        (EfficientNet-Lite0, 1 thread: 43 vs 42 img/s), bf16 on an AMX CPU 1.65x better."""
+        return device == "cuda" or (precision == "bf16" and device == "cpu")
+
+    def encode(self, batch_uint8, device: str = "cpu", precision: str = "auto") -> np.ndarray:
         import torch
 
-        self.model = self.model.to(device)
-        if device == "cuda":  # cuDNN's fast path; on the CPU it measured no better than NCHW
-            self.model = self.model.to(memory_format=torch.channels_last)
-        return self
+        fmt = (torch.channels_last if self.channels_last(device, precision)
+               else torch.contiguous_format)
+        if getattr(self, "_memory_format", None) != fmt:
+            self.model = self.model.to(memory_format=fmt)
+            self._memory_format = fmt
+        with torch.inference_mode(), autocast(device, precision):
+            x = self.normalise(batch_uint8.to(device, non_blocking=True))
+            out = self.model(x.contiguous(memory_format=fmt))
+        return out.float().cpu().numpy()
 
     def normalise(self, batch_uint8):
         """uint8 [N, S, S, 3] tensor (any device) -> normalised float [N, 3, S, S]."""
@@ -87,15 +102,6 @@ class ImageEncoder:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def encode(self, batch_uint8, device: str = "cpu", precision: str = "auto") -> np.ndarray:
-        import torch
-
-        with torch.inference_mode(), autocast(device, precision):
-            x = self.normalise(batch_uint8.to(device, non_blocking=True))
-            if device == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = self.model(x)
-        return out.float().cpu().numpy()
 
 
 class _EfficientNetFeatures:

@@ -70,6 +70,18 @@ def test_efficientnet_is_deterministic_batch_invariant_and_sees_classes(effnet, 
     assert same > diff + 0.05, (same, diff)
 
 
+def test_bf16_on_the_cpu_stays_close_and_fp32_comes_back(effnet, demo_dir):
+    """bf16 autocast (channels-last) is opt-in on the CPU; it must move embeddings only a little
+    and leave the encoder usable in fp32 afterwards (layout switched back, same numbers)."""
+    root = demo_dir / "ucm" / "images"
+    batch = _view_batch([root / c / f"{c}00.jpg" for c in ("beach", "airplane", "forest")])
+    fp32 = effnet.encode(batch, "cpu", "fp32")
+    bf16 = effnet.encode(batch, "cpu", "bf16")
+    assert not np.array_equal(fp32, bf16)  # really ran in bf16
+    assert min(_cos(a, b) for a, b in zip(fp32, bf16)) > 0.99
+    np.testing.assert_allclose(effnet.encode(batch, "cpu", "auto"), fp32, rtol=1e-5, atol=1e-5)
+
+
 def test_resnet_checkpoint_path_and_its_errors(tmp_path):
     import torchvision
 

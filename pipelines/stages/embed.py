@@ -157,7 +157,7 @@ class EmbedImages(_ModelStage):
     input_size: int = 224
     batch_size: int = -1             # views per forward pass; -1: 256 on CUDA, 4 on the CPU
     loader_workers: int = -1         # -1: auto (see default_loader_workers); 0: in this process
-    precision: str = "auto"          # CUDA autocast: auto = fp16
+    precision: str = "auto"          # auto: fp16 on CUDA, fp32 on CPU; bf16 on either (AMX CPUs)
 
     def __post_init__(self) -> None:
         self._check_common()
