@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {rejects} rejected dataset row(s): {out / 'records' / 'rejects.parquet'}")
     if study_report is not None:
         print(f"\n{study_report.read_text()}")
-        print(f"  report: {study_report}")
+        print(f"  report: {study_report} (and {study_report.with_suffix('.html').name})")
     print(f"  log: {out / 'duchkit.log'}")
     return 0
 
@@ -181,7 +181,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     result = run_study(study, progress=not args.quiet,
                        say=(lambda s: None) if args.quiet else print)
     print(result["report"].read_text())
-    print(f"report: {result['report']}")
+    print(f"report: {result['report']} (and {result['report'].with_suffix('.html').name})")
     return 0
 
 
