@@ -288,3 +288,27 @@ def test_bf16_scores_stay_close_to_fp32(stage, sample):
     assert np.abs(fp32 - bf16).max() < 0.02
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         BertScoreF1(scorer, 64, "fp16")
+
+
+def test_bertscore_batches_carry_no_padding(stage, ucm_captions):
+    """Sentences are batched by exact token count: every distinct sentence once, every batch
+    one length, no batch over the batch size."""
+    from augment.bertscore_filter import BertScoreF1
+
+    scorer = BertScoreF1(stage.augmenter.scorer.scorer, 64)
+    sentences = sorted(set(ucm_captions))[:500]
+    batches = scorer._batches(sentences)
+    assert sorted(s for b in batches for s in b) == sentences
+    tok = scorer.scorer._tokenizer
+    for b in batches:
+        assert 1 <= len(b) <= 64
+        assert len({len(tok(s)["input_ids"]) for s in b}) == 1
+
+
+def test_fp16_on_the_cpu_is_a_config_error_naming_the_field():
+    from pipelines.stage import ConfigError
+
+    with pytest.raises(ConfigError, match="field 'precision'"):
+        RuleAugment(precision="fp16").setup(StageContext(device="cpu"))
+    with pytest.raises(ConfigError, match="field 'precision'"):
+        RuleAugment(precision="half")
