@@ -7,7 +7,6 @@ and any threshold on it are the raw F1.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Sequence
 
@@ -23,11 +22,14 @@ def baseline_file(model_type: str, lang: str = "en") -> str | None:
     return path if os.path.isfile(path) else None
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 def resolve_precision(precision: str, device: str) -> str:
-    """'auto' -> fp16 on CUDA, fp32 on the CPU (where fp16 is slow and bf16 changes scores)."""
+    """'auto' -> fp16 on CUDA, fp32 on the CPU (where fp16 is slow and bf16 changes scores).
+    The names are the encoders' (`pipelines.encoders.PRECISIONS`); unlike an embedding, a
+    score filter must not silently run fp16 as fp32, so fp16 on the CPU is an error here."""
+    from pipelines.encoders import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
     if precision == "fp16" and not device.startswith("cuda"):
@@ -72,8 +74,6 @@ class BertScoreF1:
     def __init__(self, scorer, batch_size: int = 256, precision: str = "auto"):
         from collections import defaultdict
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.scorer = scorer
         self.batch_size = int(batch_size)
         self.precision = resolve_precision(precision, str(scorer.device))
@@ -107,15 +107,6 @@ class BertScoreF1:
                                        truncation=False)["input_ids"])
         return n > self.max_tokens
 
-    def _autocast(self):
-        import torch
-
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        device = "cuda" if str(self.scorer.device).startswith("cuda") else "cpu"
-        return torch.autocast(device, dtype=getattr(torch, {"bf16": "bfloat16",
-                                                            "fp16": "float16"}[self.precision]))
-
     def _batches(self, todo: list[str]) -> list[list[str]]:
         """Batches of sentences with the same token count, so no batch carries padding.
 
@@ -139,8 +130,12 @@ class BertScoreF1:
     def _embed(self, sentences: list[str], into: dict) -> None:
         from bert_score.utils import get_bert_embedding
 
+        from pipelines.encoders import autocast
+
+        device = "cuda" if str(self.scorer.device).startswith("cuda") else "cpu"
+
         for batch in self._batches([s for s in dict.fromkeys(sentences) if s not in into]):
-            with self._autocast():
+            with autocast(device, self.precision):
                 emb, mask, idf = get_bert_embedding(batch, self.scorer._model,
                                                     self.scorer._tokenizer, self.idf_dict,
                                                     device=self.scorer.device)

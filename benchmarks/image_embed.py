@@ -191,11 +191,11 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
     n = args.images or (48 if args.quick else 2100)
+    workers = default_loader_workers(args.device) if args.loader_workers == -1 \
+        else args.loader_workers
     if args.device == "cpu":
         # Both paths get the same intra-op threads: the cores left beside ours' one decoding
         # worker (1 on 2 cores). More threads than free cores made both paths erratic here.
-        workers = default_loader_workers("cpu") if args.loader_workers == -1 \
-            else args.loader_workers
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - workers))
     views = 2
     tmp = Path(tempfile.mkdtemp(prefix="duchkit-bench-embed-"))
@@ -277,8 +277,7 @@ def main() -> None:
         "unit": "image views per second, end to end (decode + augment + encode + write)",
         "encoder": encoder.arch, "encoder_spec": model, "dim": encoder.dim,
         "input_size": encoder.input_size, "batch_size": batch, "precision": args.precision,
-        "loader_workers": default_loader_workers(args.device) if args.loader_workers == -1
-        else args.loader_workers,
+        "loader_workers": workers,
         "batch_size_used": default_batch_size(args.device) if batch == -1 else batch,
         "torch_threads": torch.get_num_threads(),
         "ours_per_s": round(table.num_rows / ours_s, 2),

@@ -46,6 +46,7 @@ from augment.caption_text import tokenize  # noqa: E402
 from augment.glove_neighbours import GloveNeighbours  # noqa: E402
 from augment.pos_tagging import SpacyTagger  # noqa: E402
 from augment.rule_augment import RuleAugmenter, RuleConfig, match_case, split_caption  # noqa
+from pipelines.encoders import autocast as encoder_autocast  # noqa: E402
 from pipelines.stages.rule_augment import load_package_glove  # noqa: E402
 
 TOP_N, GLOVE_T, BERT_T = 10, 0.65, 0.75
@@ -155,15 +156,8 @@ def main() -> None:
         return RuleAugmenter(tagger, GloveNeighbours(kv, TOP_N, GLOVE_T),
                              BertScoreF1(bert, 256, precision), config)
 
-    def autocast():
-        import contextlib
-
-        import torch
-
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(args.device, dtype=torch.bfloat16 if precision == "bf16"
-                              else torch.float16)
+    def autocast():  # the baseline's BERTScorer.score calls, in the same precision as ours
+        return encoder_autocast(args.device, precision)
 
     corpus = {name: load_captions(name, args.quick) for name in datasets}
     first = corpus[datasets[0]]

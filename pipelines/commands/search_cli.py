@@ -139,7 +139,7 @@ def embed_text(text: str, texts_dir: Path, device: str) -> np.ndarray:
     if not clean.strip():
         raise ConfigError(f"--text {text!r} is empty after the archive's "
                           "preprocessing (lower-case, punctuation removed)")
-    # the archive's autocast precision (matters on CUDA only; the CPU always runs fp32)
+    # the archive's autocast precision (fp16/bf16 on CUDA; bf16 only if asked for on the CPU)
     return encoder.encode([clean], device, precision=manifest["parameters"].get("precision",
                                                                                  "auto"))
 

@@ -104,8 +104,8 @@ class RuleAugment(Stage):
     precision: str = "auto"
 
     def __post_init__(self):
-        from augment.bertscore_filter import PRECISIONS
         from augment.pos_tagging import TAGGERS
+        from pipelines.encoders import PRECISIONS
         from augment.rule_augment import CHOICES
 
         if self.tagger not in TAGGERS:
