@@ -52,7 +52,8 @@ def sync(device: str) -> None:
 # ------------------------------------------------------------------ the authors-style loop
 def baseline_train(feats, train_idx, bits, epochs, device, seed, log=lambda s: None):
     torch.manual_seed(seed)
-    model = DUCH(feats.image_dim, feats.text_dim, bits).to(device)
+    # their loader L2-normalises every embedding on load (read_hdf5(normalize=True))
+    model = DUCH(feats.image_dim, feats.text_dim, bits, input_norm="l2").to(device)
     gen_params = list(model.image.parameters()) + list(model.text.parameters())
     opt_gen = torch.optim.Adam(gen_params, lr=1e-4, weight_decay=5e-4)
     opt_dis = torch.optim.Adam(model.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9),

@@ -26,6 +26,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256
     hidden: int = 4096
+    input_norm: str = "l2"  # unit-norm input embeddings ("none": raw), see hashing.model
     # eq. 4 / 9 weights (section IV-C); 0 switches a term off
     alpha: float = 0.01
     beta: float = 0.001
@@ -74,6 +75,8 @@ class TrainConfig:
             problems.append("epochs must be >= 1 and batch_size >= 2")
         if self.reduction not in REDUCTIONS:
             problems.append(f"reduction={self.reduction!r} (one of {REDUCTIONS})")
+        if self.input_norm not in ("l2", "none"):
+            problems.append(f"input_norm={self.input_norm!r} (one of 'l2', 'none')")
         if self.tau <= 0:
             problems.append(f"tau={self.tau} (must be > 0)")
         if self.captions_per_image not in (0, 1):

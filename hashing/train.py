@@ -58,15 +58,22 @@ def encode(net: torch.nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Te
     return out
 
 
-def validation_map(model: DUCH, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
-                   k: int) -> torch.Tensor:
-    """Mean of I->T and T->I standard mAP@k within the validation slice (class relevance;
-    all captions of the slice are the text side)."""
-    c = text.shape[1]
-    hi = encode(model.image, image)
-    ht = encode(model.text, text.reshape(-1, text.shape[2]))
-    lt = labels.repeat_interleave(c)
-    return (map_at_k_torch(hi, ht, labels, lt, k) + map_at_k_torch(ht, hi, lt, labels, k)) / 2
+def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.Tensor:
+    """Mean of I->T and T->I standard mAP@k of the validation queries against `database`.
+
+    Each side is (image [n, d], text [n, C, d], labels [n]); all captions are the text side. The
+    database is the validation slice plus the train part: a validation slice is small (105 UCM
+    images, 5 of the demo's), and ranked only among themselves its mAP mostly measures which
+    classes happened to land in it, so the "best" epoch was noise on small archives. Query and
+    retrieval items are never part of it."""
+    def codes(image, text, labels):
+        c = text.shape[1]
+        return (encode(model.image, image), encode(model.text, text.reshape(-1, text.shape[2])),
+                labels, labels.repeat_interleave(c))
+
+    qi, qt, ql, qlt = codes(*query)
+    di, dt, dl, dlt = codes(*database)
+    return (map_at_k_torch(qi, dt, ql, dlt, k) + map_at_k_torch(qt, di, qlt, dl, k)) / 2
 
 
 def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume: bool = False,
@@ -95,14 +102,19 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     t, t_aug = feats.text[tr].to(device), feats.text_aug[tr].to(device)
     va = torch.as_tensor(splits["val"])
     val_image, val_text = feats.image[va].to(device), feats.text[va].to(device)
-    val_labels = feats.labels[va].to(device)
+    val_labels, trn_labels = feats.labels[va].to(device), feats.labels[tr].to(device)
     if (feats.labels[va] < 0).any():  # no class labels: select on paired relevance instead
         val_labels = torch.arange(len(va), device=device)
+        trn_labels = torch.arange(len(va), len(va) + len(tr), device=device)
         log("validation uses paired relevance: some validation images have no class label")
+    val_query = (val_image, val_text, val_labels)
+    val_database = (torch.cat([val_image, x]), torch.cat([val_text, t]),
+                    torch.cat([val_labels, trn_labels]))
     n_views, n_caps = x_aug.shape[1], t.shape[1]
 
     # ---- model, optimisers, binary targets, code buffers
-    model = DUCH(feats.image_dim, feats.text_dim, cfg.bits, cfg.hidden).to(device)
+    model = DUCH(feats.image_dim, feats.text_dim, cfg.bits, cfg.hidden,
+                 cfg.input_norm).to(device)
     opt = torch.optim.Adam(model.hash_parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, fused=True)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr,
@@ -117,7 +129,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["shape"] != model.shape():
+        if {"input_norm": "none", **ck["shape"]} != model.shape():
             raise ValueError(f"{ckpt_path} was trained for {ck['shape']}, this run needs "
                              f"{model.shape()}: use another --out or the same --bits/features")
         model.load_state_dict(ck["model"])
@@ -180,7 +192,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                         "quantisation", "bit_balance"), sums.tolist()))
         row.update(epoch=epoch + 1, lr=cfg.lr * lr_scale)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            val = validation_map(model, val_image, val_text, val_labels, cfg.map_k).item()
+            val = validation_map(model, val_query, val_database, cfg.map_k).item()
             row["val_map"] = val
             if val > best_map:  # selection on the validation slice only
                 best_map, best_epoch = val, epoch + 1
@@ -210,7 +222,9 @@ def load_model(path: Path, device: str = "cpu") -> tuple[DUCH, dict]:
     """The validation-selected model of a checkpoint (the last state if none was selected)."""
     ck = torch.load(path, map_location=device, weights_only=False)
     s = ck["shape"]
-    model = DUCH(s["image_dim"], s["text_dim"], s["bits"], s["hidden"]).to(device)
+    # checkpoints written before input normalisation existed fed raw embeddings
+    model = DUCH(s["image_dim"], s["text_dim"], s["bits"], s["hidden"],
+                 s.get("input_norm", "none")).to(device)
     model.load_state_dict(ck["best_state"] if ck.get("best_state") is not None else ck["model"])
     model.eval()
     return model, ck

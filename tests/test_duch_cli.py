@@ -11,7 +11,8 @@ from pipelines.store import StageStore
 from pipelines.training_data import load_archive
 from tests.duch_shards import write_stages
 
-ARGS = ["--bits", "32", "--epochs", "10", "--batch-size", "32", "--hidden", "128", "--lr", "1e-3",
+# 20 epochs: at 10, T->I sat at 0.75 +- 0.002 (the assertion's edge) with raw or L2 inputs
+ARGS = ["--bits", "32", "--epochs", "20", "--batch-size", "32", "--hidden", "128", "--lr", "1e-3",
         "--device", "cpu", "--quiet"]
 
 
@@ -57,7 +58,7 @@ def test_train_then_evaluate(stages, tmp_path, capsys):
     assert len(m["results"]["i2t"]["pk"]) == 40
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["splits"] == {"val": 15, "train": 135, "query": 30, "retrieval": 120}
-    assert 1 <= run_info["best_epoch"] <= 10
+    assert 1 <= run_info["best_epoch"] <= 20
 
     assert main(["evaluate", "--run", str(run), "--map-variant", "authors"]) == 0
     auth = json.loads((run / "metrics-authors-class.json").read_text())

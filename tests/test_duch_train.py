@@ -108,3 +108,31 @@ def test_bad_input_is_refused(feats):
         train(dataclasses.replace(SMALL, bits=12), feats, **QUIET)
     with pytest.raises(ValueError, match="unknown ablation"):
         SMALL.with_ablation("DUCH-XX")
+
+
+def test_l2_input_norm_ignores_embedding_norms(feats):
+    """The default model sees unit-norm embeddings: rescaling each row (as a different encoder
+    pooling would) leaves the codes unchanged; with input_norm='none' it changes them."""
+    scale = torch.rand(feats.n, 1, generator=torch.Generator().manual_seed(1)) * 20 + 0.05
+    for norm, same in (("l2", True), ("none", False)):
+        r = train(dataclasses.replace(SMALL, input_norm=norm), feats, **QUIET)
+        assert r.model.image.input_norm == norm
+        a, b = encode(r.model.image, feats.image), encode(r.model.image, feats.image * scale)
+        assert torch.equal(a >= 0, b >= 0) is same, norm
+    with pytest.raises(ValueError, match="input_norm='max'"):
+        dataclasses.replace(SMALL, input_norm="max").validate()
+
+
+def test_checkpoint_from_before_input_norm_loads_as_raw_input(feats, tmp_path):
+    from hashing.train import load_model
+
+    cfg = dataclasses.replace(SMALL, input_norm="none", epochs=2)
+    train(cfg, feats, tmp_path, **QUIET)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ck["shape"]["input_norm"]  # what a checkpoint of an earlier version holds
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    model, _ = load_model(tmp_path / "checkpoint.pt")
+    assert model.input_norm == "none"
+    train(dataclasses.replace(cfg, epochs=3), feats, tmp_path, resume=True, **QUIET)
+    with pytest.raises(ValueError, match="input_norm"):  # the l2 default cannot resume it
+        train(dataclasses.replace(SMALL, epochs=3), feats, tmp_path, resume=True, **QUIET)

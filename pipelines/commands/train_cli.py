@@ -37,6 +37,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--hidden", type=int, default=d.hidden, help="hidden width (Table I: 4096)")
+    p.add_argument("--input-norm", choices=["l2", "none"], default=d.input_norm,
+                   help="l2: scale every input embedding to unit norm first (as the authors' "
+                   "loader does); none: raw embeddings")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--ablation", choices=sorted(ABLATIONS), default="DUCH",
@@ -82,7 +85,8 @@ def _config(args) -> "TrainConfig":
     except RuntimeError as exc:
         raise ConfigError(f"duchkit train: --device: {exc}") from None
     cfg = TrainConfig(bits=args.bits, epochs=args.epochs, batch_size=args.batch_size,
-                      hidden=args.hidden, seed=args.seed, device=device, alpha=args.alpha,
+                      hidden=args.hidden, input_norm=args.input_norm, seed=args.seed,
+                      device=device, alpha=args.alpha,
                       beta=args.beta, gamma=args.gamma, lambda_image=args.lambda_image,
                       lambda_text=args.lambda_text, tau=args.tau, lr=args.lr,
                       reduction=args.loss_reduction, lr_decay=args.lr_decay,
