@@ -25,9 +25,11 @@ features the authors' pattern really produces are reported as `baseline_as_autho
 (how far their features are from the eval-mode ones). Augmented views use different random
 draws in the two paths and are compared by throughput only.
 
-Threads (CPU): both paths run with the same torch intra-op threads, the cores left beside our
-one decoding worker (1 on 2 cores; --threads to change). On this shared 2-core machine two
-threads per process made every path 4-7x slower and the timings erratic.
+Processes and threads (CPU): ours runs the stage default, one encoder process per core, each
+with one intra-op thread and decoding its own images (`--encoder-procs 1` for the single-process
+path with a decoding worker beside the encoder). The baseline is one process, as the authors'
+code is; it is timed both with one torch thread and with one per core (torch's default), and the
+faster of the two counts (`--threads N` times it with N only).
 Batches: ours uses the stage defaults (CPU 4 views, measured fastest here; CUDA 512).
 Precision (ours): the stage's `precision` (auto = fp16 on CUDA, fp32 on the CPU). `--precision
 bf16` on a CPU with AMX runs the encoder in bf16 autocast, channels-last; the baseline stays
@@ -178,7 +180,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, help="number of UCM images (default 2100; quick 48)")
     ap.add_argument("--model", help="image encoder spec (default: cpu EfficientNet-Lite0, "
                     "cuda ResNet18 random weights)")
-    ap.add_argument("--threads", type=int, help="cpu: torch threads for both paths")
+    ap.add_argument("--threads", type=int, help="cpu: the baseline's torch threads (default: "
+                    "timed with 1 and with one per core; the faster counts)")
+    ap.add_argument("--encoder-procs", type=int, default=-1,
+                    help="ours: CPU encoder processes (-1: the stage default, one per core)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (best "
                     "of each counts)")
     ap.add_argument("--batch-size", type=int, help="ours: views per batch (cpu 4, cuda 512)")
@@ -193,10 +198,12 @@ def main() -> None:
     n = args.images or (48 if args.quick else 2100)
     workers = default_loader_workers(args.device) if args.loader_workers == -1 \
         else args.loader_workers
+    cores = os.cpu_count() or 1
+    base_threads = [args.threads] if args.threads else sorted({1, cores})
     if args.device == "cpu":
-        # Both paths get the same intra-op threads: the cores left beside ours' one decoding
-        # worker (1 on 2 cores). More threads than free cores made both paths erratic here.
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - workers))
+        # ours' single-process path: the cores left beside its decoding workers
+        torch.set_num_threads(max(1, cores - workers))
+    ours_threads = torch.get_num_threads()
     views = 2
     tmp = Path(tempfile.mkdtemp(prefix="duchkit-bench-embed-"))
     model = args.model
@@ -213,7 +220,7 @@ def main() -> None:
     records = ucm_records(n)
     paths = list(dict.fromkeys(records.column("image_path").to_pylist()))
     stage = EmbedImages(model=model, batch_size=batch, precision=args.precision,
-                        loader_workers=args.loader_workers)
+                        loader_workers=args.loader_workers, encoder_procs=args.encoder_procs)
     stage.setup(StageContext(device=args.device))
     encoder = stage.encoder()
     base_model = load_image_encoder(model).model.to(args.device)  # a separate copy: train mode
@@ -248,21 +255,28 @@ def main() -> None:
 
     # Rounds alternate ours/baseline and the best of each counts: on a shared machine the
     # load changes from second to second, and the minimum is the least disturbed run.
-    ours_times, base_times = [], []
+    ours_times, base_times = [], {n: [] for n in base_threads}
     for _ in range(args.rounds):
         sync()
         t = time.perf_counter()
         table = ours_embed(records, stage, args.device, tmp / "ours.parquet", views)
         sync()
         ours_times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        base = baseline_embed(paths, base_model, args.device, tmp / "base.parquet", True, views)
-        sync()
-        base_times.append(time.perf_counter() - t)
-        assert table.num_rows == base.shape[0] == len(paths) * views
-        print(f"ours: {table.num_rows} views in {ours_times[-1]:.2f} s; baseline: "
-              f"{base.shape[0]} views in {base_times[-1]:.2f} s", flush=True)
-    ours_s, base_s = min(ours_times), min(base_times)
+        print(f"ours: {table.num_rows} views in {ours_times[-1]:.2f} s", flush=True)
+        for n_threads in base_threads:
+            torch.set_num_threads(n_threads)
+            t = time.perf_counter()
+            base = baseline_embed(paths, base_model, args.device, tmp / "base.parquet", True,
+                                  views)
+            sync()
+            base_times[n_threads].append(time.perf_counter() - t)
+            assert table.num_rows == base.shape[0] == len(paths) * views
+            print(f"baseline ({n_threads} threads): {base.shape[0]} views in "
+                  f"{base_times[n_threads][-1]:.2f} s", flush=True)
+        torch.set_num_threads(ours_threads)
+    ours_s = min(ours_times)
+    base_s = min(min(v) for v in base_times.values())
+    base_best_threads = min(base_times, key=lambda n: min(base_times[n]))
 
     rates = transform_rates(paths[: min(len(paths), 100 if args.quick else 500)])
     for name, r in rates.items():
@@ -279,13 +293,16 @@ def main() -> None:
         "input_size": encoder.input_size, "batch_size": batch, "precision": args.precision,
         "loader_workers": workers,
         "batch_size_used": default_batch_size(args.device) if batch == -1 else batch,
-        "torch_threads": torch.get_num_threads(),
+        "encoder_procs": stage._procs(args.device),
+        "torch_threads_ours_single_process": ours_threads,
+        "baseline_threads_timed": base_threads, "baseline_threads_counted": base_best_threads,
         "ours_per_s": round(table.num_rows / ours_s, 2),
         "baseline_per_s": round(base.shape[0] / base_s, 2),
         "ratio": round(base_s / ours_s, 3),
         "ours_s": round(ours_s, 3), "baseline_s": round(base_s, 3),
         "rounds": {"ours_s": [round(x, 3) for x in ours_times],
-                   "baseline_s": [round(x, 3) for x in base_times]},
+                   "baseline_s": {f"{n}_threads": [round(x, 3) for x in v]
+                                  for n, v in base_times.items()}},
         "equivalence": {"check": "clean-view cosine, both eval + ImageNet-normalised",
                         "images": k, "cosine_min": round(float(cos.min()), 5),
                         "cosine_mean": round(float(cos.mean()), 5), "ok": equivalent},

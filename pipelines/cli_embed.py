@@ -85,6 +85,9 @@ def add_commands(sub, common: Callable, run_one_stage: Callable) -> None:
     p.add_argument("--image-arch", help="torchvision architecture of a bare state-dict checkpoint")
     p.add_argument("--input-size", type=int, help="encoder input size (default 224)")
     p.add_argument("--loader-workers", type=int, help="image decoding processes (-1: auto)")
+    p.add_argument("--encoder-procs", type=int, dest="encoder_procs",
+                   help="CPU: encoder processes, each decoding its own images (-1: auto, one "
+                   "per core)")
     p.add_argument("--pooling", choices=["sum4-mean", "mean", "cls"])
     p.add_argument("--keep-case", action="store_true", help="texts: do not lower-case")
     p.add_argument("--keep-punctuation", action="store_true", help="texts: keep punctuation")
@@ -96,7 +99,7 @@ def add_commands(sub, common: Callable, run_one_stage: Callable) -> None:
         values = {k: getattr(args, k) for k in ("model", "batch_size", "precision")
                   if getattr(args, k) is not None}
         if images:
-            for key in ("image_arch", "input_size", "loader_workers"):
+            for key in ("image_arch", "input_size", "loader_workers", "encoder_procs"):
                 if getattr(args, key) is not None:
                     values[key] = getattr(args, key)
         else:

@@ -6,6 +6,7 @@ runs unchanged under any engine.
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -53,7 +54,11 @@ def run_shard(stage: Stage, ctx: StageContext, schema: pa.Schema, task: ShardTas
 _WORKER: dict = {}
 
 
+IN_WORKER = "DUCHKIT_IN_WORKER"  # set in engine workers: stages then keep to one process
+
+
 def _init_worker(stage: Stage, ctx: StageContext, schema: pa.Schema) -> None:
+    os.environ[IN_WORKER] = "1"
     stage.setup(ctx)
     _WORKER.update(stage=stage, ctx=ctx, schema=schema)
 

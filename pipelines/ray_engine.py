@@ -54,6 +54,11 @@ class ShardActor:
     """Holds a set-up stage for the lifetime of a Ray actor."""
 
     def __init__(self, stage: Stage, ctx: StageContext, schema: pa.Schema):
+        import os
+
+        from pipelines.engines import IN_WORKER
+
+        os.environ[IN_WORKER] = "1"  # the engine parallelises; stages keep to one process
         stage.setup(ctx)
         self.stage, self.ctx, self.schema = stage, ctx, schema
 

@@ -295,7 +295,8 @@ def test_bad_images_strict_names_file_lenient_writes_rejects(tmp_path, demo_dir)
     assert any("truncated" in r["reason"] or "decode" in r["reason"] for r in rejects)
 
 
-def test_embed_images_names_an_image_gone_since_augmentation(tmp_path, demo_dir, effnet):
+@pytest.mark.parametrize("procs", [1, 2])
+def test_embed_images_names_an_image_gone_since_augmentation(tmp_path, demo_dir, effnet, procs):
     src = next((demo_dir / "ucm" / "images" / "beach").glob("*.jpg"))
     copy = tmp_path / "vanishing.jpg"
     copy.write_bytes(src.read_bytes())
@@ -303,10 +304,31 @@ def test_embed_images_names_an_image_gone_since_augmentation(tmp_path, demo_dir,
              "label": "x", "split": "train", "image_path": str(copy), "caption": "c"}]
     views = AugmentImages(views=1).process(pa.Table.from_pylist(rows), StageContext())
     copy.unlink()
-    stage = EmbedImages(loader_workers=1)
+    stage = EmbedImages(loader_workers=1, encoder_procs=procs)
     stage._encoder = effnet
     with pytest.raises(ConfigError, match="vanishing.jpg"):
         stage.process(views, StageContext())
+
+
+def test_encoder_processes_give_the_single_process_embeddings(mini_dataset, tmp_path):
+    """CPU data parallelism (encoder processes decoding their own chunks) changes nothing but
+    the speed: same rows, same order, same floats, same fingerprint parameters."""
+    config = load_config(mini_dataset / "run.toml", {"out": tmp_path})
+    config.stages = config.stages[:1]
+    run_pipeline(config, progress=False)
+    views = read_stage(tmp_path, "images")
+    one, two = EmbedImages(batch_size=4, encoder_procs=1), EmbedImages(batch_size=4,
+                                                                       encoder_procs=2)
+    one._pool_chunk = two._pool_chunk = 2  # several chunks per process even on 6 images
+    a, b = one.process(views, StageContext()), two.process(views, StageContext())
+    assert getattr(one, "_pool", None) is None and two._pool.procs == 2
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows == 18
+    assert a.column("view_index").to_pylist() == b.column("view_index").to_pylist()
+    np.testing.assert_array_equal(np.array(a.column("image_embedding").to_pylist()),
+                                  np.array(b.column("image_embedding").to_pylist()))
+    assert one.params() == two.params() and "encoder_procs" not in one.params()
+    with pytest.raises(ConfigError, match="encoder_procs"):
+        EmbedImages(encoder_procs=0)
 
 
 def test_stage_config_errors_name_the_field():

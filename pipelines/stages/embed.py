@@ -1,8 +1,10 @@
 """Stages `embed-images` and `embed-texts`: append embedding columns to their input rows.
 
 embed-images: input = augment-images rows (one per image view, with its view_spec). Each view is
-  recomputed from its spec in DataLoader worker processes (read, decode, augment, resize) while
-  the main process runs the encoder, so decoding overlaps inference. Appends `image_embedding`.
+  recomputed from its spec (read, decode, augment, resize). On CUDA, DataLoader worker processes
+  decode while the main process runs the encoder, so decoding overlaps inference. On the CPU,
+  one encoder process per core decodes and encodes its own chunks of images (data parallel).
+  Appends `image_embedding`.
 embed-texts: input = records or a text-variant table. Captions are preprocessed (lower-case,
   punctuation removed by default), identical texts are encoded once. Appends `caption_embedding`
   and, when an `augmented` column exists, `augmented_embedding`.
@@ -41,6 +43,14 @@ def default_loader_workers(device: str) -> int:
     if device == "cuda":
         return max(1, min(32, cores - 1))
     return max(1, cores // 16)
+
+
+def default_encoder_procs(device: str) -> int:
+    """CPU: one encoder process per core, each with one intra-op thread, decoding its own images
+    in between batches. The encoder is the bottleneck and decoding is ~5% of a view's cost, so
+    a dedicated decoding worker would idle most of a core; and one process with many threads
+    pays an OpenMP barrier per layer on small batches. CUDA: one process feeds the GPU."""
+    return 1 if device == "cuda" else max(1, os.cpu_count() or 1)
 
 
 def default_batch_size(device: str) -> int:
@@ -147,6 +157,67 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)  # one decoding process per core; no nested thread pools
 
 
+# ---- CPU data parallelism: encoder processes, each decoding and encoding whole chunks
+
+_PROC: dict = {}
+
+
+def _proc_init(stage: "EmbedImages") -> None:
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _PROC["encoder"] = stage.encoder().to("cpu")
+
+
+def _proc_encode(dataset: "_ViewDataset", precision: str, batch: int) -> np.ndarray:
+    import torch
+
+    enc = _PROC["encoder"]
+    out = []
+    views = [dataset[i] for i in range(len(dataset))]
+    flat = np.concatenate(views)
+    for i in range(0, len(flat), batch):
+        out.append(enc.encode(torch.from_numpy(flat[i:i + batch]), "cpu", precision))
+    return np.concatenate(out)
+
+
+class _EncoderPool:
+    """`procs` processes from a forkserver, each holding its own encoder (loaded once, when the
+    stage is set up, like the single-process encoder) and running one intra-op thread. A shard's
+    images go out in chunks of CHUNK images, so the processes stay evenly loaded; results come
+    back in input order."""
+
+    CHUNK = 32
+
+    def __init__(self, stage: "EmbedImages", procs: int):
+        import weakref
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.procs = procs
+        self.executor = ProcessPoolExecutor(procs, mp_context=_loader_context(),
+                                            initializer=_proc_init, initargs=(stage,))
+        # load the encoders now (model loading is set-up, not shard work)
+        list(self.executor.map(_noop, range(procs)))
+        weakref.finalize(self, self.executor.shutdown, wait=False, cancel_futures=True)
+
+    def encode(self, dataset: "_ViewDataset", precision: str, batch_size: int,
+               chunk: int = CHUNK) -> np.ndarray:
+        batch = default_batch_size("cpu") if batch_size == -1 else batch_size
+        chunks = [_ViewDataset(dataset.paths[i:i + chunk], dataset.image_ids[i:i + chunk],
+                               dataset.specs[i:i + chunk], dataset.input_size)
+                  for i in range(0, len(dataset), chunk)]
+        futures = [self.executor.submit(_proc_encode, c, precision, batch) for c in chunks]
+        return np.concatenate([f.result() for f in futures])
+
+
+def _noop(_: int) -> None:
+    import time
+
+    time.sleep(0.05)  # long enough that every process of the pool picks one
+
+
 @dataclass
 class EmbedImages(_ModelStage):
     kind: ClassVar[str] = "embed-images"
@@ -158,6 +229,7 @@ class EmbedImages(_ModelStage):
     batch_size: int = -1             # views per forward pass; -1: 256 on CUDA, 4 on the CPU
     loader_workers: int = -1         # -1: auto (see default_loader_workers); 0: in this process
     precision: str = "auto"          # auto: fp16 on CUDA, fp32 on CPU; bf16 on either (AMX CPUs)
+    encoder_procs: int = -1          # CPU encoder processes; -1: auto (default_encoder_procs)
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -166,6 +238,35 @@ class EmbedImages(_ModelStage):
         if not isinstance(self.loader_workers, int) or self.loader_workers < -1:
             raise ConfigError(f"loader_workers must be -1 (auto), 0 or a positive integer, "
                               f"not {self.loader_workers!r}")
+        if not isinstance(self.encoder_procs, int) or self.encoder_procs in (0,) \
+                or self.encoder_procs < -1:
+            raise ConfigError(f"encoder_procs must be -1 (auto) or a positive integer, "
+                              f"not {self.encoder_procs!r}")
+
+    def params(self) -> dict:
+        # how many processes share the work changes no embedding: not part of the fingerprint
+        return {k: v for k, v in super().params().items() if k != "encoder_procs"}
+
+    def _procs(self, device: str) -> int:
+        from pipelines.engines import IN_WORKER
+
+        if device == "cuda":
+            return 1
+        if self.encoder_procs == -1:  # auto: the engine's workers already use the cores
+            return 1 if os.environ.get(IN_WORKER) else default_encoder_procs(device)
+        return self.encoder_procs
+
+    def setup(self, ctx: StageContext) -> None:
+        super().setup(ctx)
+        procs = self._procs(ctx.device)
+        if procs > 1 and getattr(self, "_pool", None) is None:
+            self._pool = _EncoderPool(self, procs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_pool", None)
+        state.pop("_pool_chunk", None)
+        return state
 
     def encoder(self):
         if getattr(self, "_encoder", None) is None:
@@ -185,6 +286,8 @@ class EmbedImages(_ModelStage):
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
         from torch.utils.data import DataLoader
 
+        from pipelines.stages.augment_images import BadImage
+
         enc = self.encoder()
         if getattr(self, "_device", None) != ctx.device:
             self.setup(ctx)
@@ -197,6 +300,16 @@ class EmbedImages(_ModelStage):
         order = list(groups.values())
         dataset = _ViewDataset([paths[g[0]] for g in order], list(groups),
                                [[specs[r] for r in g] for g in order], enc.input_size)
+        flat = [r for g in order for r in g]
+        if getattr(self, "_pool", None) is not None and ctx.device != "cuda":
+            out = np.zeros((table.num_rows, enc.dim), np.float32)
+            try:
+                out[flat] = self._pool.encode(dataset, self.precision, self.batch_size,
+                                              getattr(self, "_pool_chunk", _EncoderPool.CHUNK))
+            except BadImage as exc:
+                raise ConfigError(f"embed-images: {str(exc).strip().splitlines()[-1]}") from None
+            keep = [n for n in table.column_names if n not in (IMAGE_EMBEDDING, "pixels")]
+            return table.select(keep).append_column(IMAGE_EMBEDDING, _fixed_list(out))
         views_per_image = max(1, round(table.num_rows / max(1, len(order))))
         workers = default_loader_workers(ctx.device) if self.loader_workers == -1 \
             else self.loader_workers
@@ -208,10 +321,7 @@ class EmbedImages(_ModelStage):
                             prefetch_factor=4 if workers else None,
                             multiprocessing_context=_loader_context() if workers else None)
         out = np.zeros((table.num_rows, enc.dim), np.float32)
-        flat = [r for g in order for r in g]
         pos = 0
-        from pipelines.stages.augment_images import BadImage
-
         try:
             with _cpu_threads_beside(workers if ctx.device == "cpu" else 0):
                 for batch in loader:
