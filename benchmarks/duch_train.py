@@ -11,10 +11,10 @@ selection, the baseline trains on all of it (as the authors do).
 The baseline re-implements the structure of the authors' trainer as REFERENCE.md describes it
 (written here, nothing copied): features stay on the host and each batch is gathered and copied
 to the device; the two hashing networks run once per view; the discriminator takes two
-real/fake sub-steps with a gradient penalty per batch; adversarial, quantisation and bit-balance
-losses are summed over the batch; the four loss values are pulled to the host every batch;
-one fixed caption per image, augmented caption = the caption; lr x0.8 at every epoch divisible by
-50 (epoch 0 included); evaluation by a per-query Python loop at the end.
+real/fake sub-steps with a gradient penalty per batch; every loss, NT-Xent included, is summed
+over the batch; the four loss values are pulled to the host every batch; one fixed caption per
+image, augmented caption = the caption; embeddings L2-normalised on load; lr x0.8 at every epoch
+divisible by 50 (epoch 0 included); evaluation by a per-query Python loop at the end.
 
 Equivalence check before speed: both runs must reach comparable retrieval quality (standard
 mAP@20, I->T and T->I, class relevance) on the same query/retrieval split.
@@ -100,7 +100,8 @@ def baseline_train(feats, train_idx, bits, epochs, device, seed, log=lambda s: N
             disc_step(g1, h1, bs)
             disc_step(g2, h2, bs)
             opt_dis.step()
-            ntx = nt_xent(h1, g1) + nt_xent(h1, h2) + nt_xent(g1, g2)
+            # every term summed over the batch, NT-Xent included (REFERENCE item 6)
+            ntx = sum(nt_xent(a, b, reduction="sum") for a, b in ((h1, g1), (h1, h2), (g1, g2)))
             adv = sum(-torch.log(torch.sigmoid(model.discriminator(g))).sum() for g in (g1, g2))
             b = B[idx.to(device)]
             quant = sum(((b - h) ** 2).sum() for h in (h1, h2, g1, g2))

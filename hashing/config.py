@@ -44,7 +44,10 @@ class TrainConfig:
     disc_betas: tuple[float, float] = (0.5, 0.9)
     disc_weight_decay: float = 1e-4
     disc_eps: float = 1e-7
-    lr_decay: float = 0.2  # lr x lr_decay at epochs 50, 100, ... (never at epoch 0)
+    # lr x lr_decay at epochs 50, 100, ... (never at epoch 0). Section IV-C: "decreased by one
+    # fifth every 50 epochs", i.e. x0.8, as the authors' code does; x0.2 (another reading) left
+    # UCM mAP@20 lower (64 bits, seed 0, T->I .910 vs .926; 128 bits .906 vs .936)
+    lr_decay: float = 0.8
     lr_decay_every: int = 50
     # data
     captions_per_image: int = 0  # 0 = all (a random one per image each epoch); 1 = paper

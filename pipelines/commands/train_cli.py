@@ -49,7 +49,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--loss-reduction", choices=["mean", "sum"], default=d.reduction,
                    help="sum = the authors' batch-size-dependent scaling (comparison only)")
     p.add_argument("--lr-decay", type=float, default=d.lr_decay,
-                   help="lr factor every 50 epochs (first at epoch 50)")
+                   help="lr factor every 50 epochs (first at epoch 50; 0.8 = the paper's \"decreased "
+                   "by one fifth\")")
     p.add_argument("--captions-per-image", type=int, choices=[0, 1], default=0,
                    help="0: all captions (one random per image each epoch); 1: the paper's "
                    "protocol, one seeded caption per image for training and evaluation")
