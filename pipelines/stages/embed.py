@@ -238,7 +238,7 @@ class EmbedImages(_ModelStage):
         if not isinstance(self.loader_workers, int) or self.loader_workers < -1:
             raise ConfigError(f"loader_workers must be -1 (auto), 0 or a positive integer, "
                               f"not {self.loader_workers!r}")
-        if not isinstance(self.encoder_procs, int) or self.encoder_procs in (0,) \
+        if not isinstance(self.encoder_procs, int) or self.encoder_procs == 0 \
                 or self.encoder_procs < -1:
             raise ConfigError(f"encoder_procs must be -1 (auto) or a positive integer, "
                               f"not {self.encoder_procs!r}")
