@@ -103,7 +103,6 @@ class ImageEncoder:
         return (x - mean) / std
 
 
-
 class _EfficientNetFeatures:
     """EfficientNet(-Lite) trunk + global average pool: the 1280-d penultimate features."""
 

@@ -319,7 +319,8 @@ def test_encoder_processes_give_the_single_process_embeddings(mini_dataset, tmp_
     views = read_stage(tmp_path, "images")
     one, two = EmbedImages(batch_size=4, encoder_procs=1), EmbedImages(batch_size=4,
                                                                        encoder_procs=2)
-    one._pool_chunk = two._pool_chunk = 2  # several chunks per process even on 6 images
+    two.setup(StageContext())
+    two._pool.chunk = 2  # several chunks per process even on 6 images
     a, b = one.process(views, StageContext()), two.process(views, StageContext())
     assert getattr(one, "_pool", None) is None and two._pool.procs == 2
     assert a.column_names == b.column_names and a.num_rows == b.num_rows == 18
@@ -327,6 +328,8 @@ def test_encoder_processes_give_the_single_process_embeddings(mini_dataset, tmp_
     np.testing.assert_array_equal(np.array(a.column("image_embedding").to_pylist()),
                                   np.array(b.column("image_embedding").to_pylist()))
     assert one.params() == two.params() and "encoder_procs" not in one.params()
+    for stage in (one, two):  # an empty shard (e.g. every image rejected upstream)
+        assert stage.process(views.slice(0, 0), StageContext()).num_rows == 0
     with pytest.raises(ConfigError, match="encoder_procs"):
         EmbedImages(encoder_procs=0)
 

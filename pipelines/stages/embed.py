@@ -195,19 +195,19 @@ class _EncoderPool:
         import weakref
         from concurrent.futures import ProcessPoolExecutor
 
-        self.procs = procs
+        self.procs, self.chunk = procs, self.CHUNK
         self.executor = ProcessPoolExecutor(procs, mp_context=_loader_context(),
                                             initializer=_proc_init, initargs=(stage,))
         # load the encoders now (model loading is set-up, not shard work)
         list(self.executor.map(_noop, range(procs)))
         weakref.finalize(self, self.executor.shutdown, wait=False, cancel_futures=True)
 
-    def encode(self, dataset: "_ViewDataset", precision: str, batch_size: int,
-               chunk: int = CHUNK) -> np.ndarray:
+    def encode(self, dataset: "_ViewDataset", precision: str, batch_size: int) -> np.ndarray:
         batch = default_batch_size("cpu") if batch_size == -1 else batch_size
-        chunks = [_ViewDataset(dataset.paths[i:i + chunk], dataset.image_ids[i:i + chunk],
-                               dataset.specs[i:i + chunk], dataset.input_size)
-                  for i in range(0, len(dataset), chunk)]
+        c = self.chunk
+        chunks = [_ViewDataset(dataset.paths[i:i + c], dataset.image_ids[i:i + c],
+                               dataset.specs[i:i + c], dataset.input_size)
+                  for i in range(0, len(dataset), c)]
         futures = [self.executor.submit(_proc_encode, c, precision, batch) for c in chunks]
         return np.concatenate([f.result() for f in futures])
 
@@ -265,7 +265,6 @@ class EmbedImages(_ModelStage):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_pool", None)
-        state.pop("_pool_chunk", None)
         return state
 
     def encoder(self):
@@ -284,8 +283,6 @@ class EmbedImages(_ModelStage):
         return pa.schema([input_schema.field(n) for n in names] + [field])
 
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
-        from torch.utils.data import DataLoader
-
         from pipelines.stages.augment_images import BadImage
 
         enc = self.encoder()
@@ -300,38 +297,37 @@ class EmbedImages(_ModelStage):
         order = list(groups.values())
         dataset = _ViewDataset([paths[g[0]] for g in order], list(groups),
                                [[specs[r] for r in g] for g in order], enc.input_size)
-        flat = [r for g in order for r in g]
-        if getattr(self, "_pool", None) is not None and ctx.device != "cuda":
-            out = np.zeros((table.num_rows, enc.dim), np.float32)
-            try:
-                out[flat] = self._pool.encode(dataset, self.precision, self.batch_size,
-                                              getattr(self, "_pool_chunk", _EncoderPool.CHUNK))
-            except BadImage as exc:
-                raise ConfigError(f"embed-images: {str(exc).strip().splitlines()[-1]}") from None
-            keep = [n for n in table.column_names if n not in (IMAGE_EMBEDDING, "pixels")]
-            return table.select(keep).append_column(IMAGE_EMBEDDING, _fixed_list(out))
-        views_per_image = max(1, round(table.num_rows / max(1, len(order))))
+        out = np.zeros((table.num_rows, enc.dim), np.float32)
+        flat = [r for g in order for r in g]  # the dataset's views, in the order they come back
+        try:
+            if not flat:  # an empty shard: nothing to decode
+                pass
+            elif getattr(self, "_pool", None) is not None and ctx.device != "cuda":
+                out[flat] = self._pool.encode(dataset, self.precision, self.batch_size)
+            else:
+                out[flat] = self._encode_in_process(dataset, enc, ctx, len(flat))
+        except BadImage as exc:  # re-raised from a worker with its traceback appended
+            raise ConfigError(f"embed-images: {str(exc).strip().splitlines()[-1]}") from None
+        keep = [n for n in table.column_names if n not in (IMAGE_EMBEDDING, "pixels")]
+        return table.select(keep).append_column(IMAGE_EMBEDDING, _fixed_list(out))
+
+    def _encode_in_process(self, dataset: _ViewDataset, enc, ctx: StageContext,
+                           n_views: int) -> np.ndarray:
+        """The encoder in this process, DataLoader workers decoding beside it."""
+        from torch.utils.data import DataLoader
+
+        views_per_image = max(1, round(n_views / max(1, len(dataset))))
         workers = default_loader_workers(ctx.device) if self.loader_workers == -1 \
             else self.loader_workers
-        workers = min(workers, len(order))
+        workers = min(workers, len(dataset))
         batch = default_batch_size(ctx.device) if self.batch_size == -1 else self.batch_size
         loader = DataLoader(dataset, batch_size=max(1, batch // views_per_image),
                             num_workers=workers, collate_fn=_collate,
                             pin_memory=ctx.device == "cuda", worker_init_fn=_worker_init,
                             prefetch_factor=4 if workers else None,
                             multiprocessing_context=_loader_context() if workers else None)
-        out = np.zeros((table.num_rows, enc.dim), np.float32)
-        pos = 0
-        try:
-            with _cpu_threads_beside(workers if ctx.device == "cpu" else 0):
-                for batch in loader:
-                    feats = enc.encode(batch, ctx.device, self.precision)
-                    out[flat[pos:pos + len(feats)]] = feats
-                    pos += len(feats)
-        except BadImage as exc:  # re-raised from a worker with its traceback appended
-            raise ConfigError(f"embed-images: {str(exc).strip().splitlines()[-1]}") from None
-        keep = [n for n in table.column_names if n not in (IMAGE_EMBEDDING, "pixels")]
-        return table.select(keep).append_column(IMAGE_EMBEDDING, _fixed_list(out))
+        with _cpu_threads_beside(workers if ctx.device == "cpu" else 0):
+            return np.concatenate([enc.encode(b, ctx.device, self.precision) for b in loader])
 
 
 # ---------------------------------------------------------------- texts
