@@ -78,8 +78,10 @@ class TrainConfig:
             problems.append("epochs must be >= 1 and batch_size >= 2")
         if self.reduction not in REDUCTIONS:
             problems.append(f"reduction={self.reduction!r} (one of {REDUCTIONS})")
-        if self.input_norm not in ("l2", "none"):
-            problems.append(f"input_norm={self.input_norm!r} (one of 'l2', 'none')")
+        from hashing.model import INPUT_NORMS
+
+        if self.input_norm not in INPUT_NORMS:
+            problems.append(f"input_norm={self.input_norm!r} (one of {INPUT_NORMS})")
         if self.tau <= 0:
             problems.append(f"tau={self.tau} (must be > 0)")
         if self.captions_per_image not in (0, 1):

@@ -69,8 +69,7 @@ def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.
     qi, ql, qt, qlt = query
     di, dl, dt, dlt = database
     hqi, hqt = encode(model.image, qi), encode(model.text, qt)
-    hdi = torch.cat([hqi, encode(model.image, di)]) if len(di) else hqi
-    hdt = torch.cat([hqt, encode(model.text, dt)]) if len(dt) else hqt
+    hdi, hdt = torch.cat([hqi, encode(model.image, di)]), torch.cat([hqt, encode(model.text, dt)])
     dl, dlt = torch.cat([ql, dl]), torch.cat([qlt, dlt])
     return (map_at_k_torch(hqi, hdt, ql, dlt, k) + map_at_k_torch(hqt, hdi, qlt, dl, k)) / 2
 
@@ -140,7 +139,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if {"input_norm": "none", **ck["shape"]} != model.shape():
+        if checkpoint_shape(ck) != model.shape():
             raise ValueError(f"{ckpt_path} was trained for {ck['shape']}, this run needs "
                              f"{model.shape()}: use another --out or the same --bits/features")
         model.load_state_dict(ck["model"])
@@ -229,13 +228,18 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                        time.perf_counter() - t_start)
 
 
+def checkpoint_shape(ck: dict) -> dict:
+    """The model shape a checkpoint was trained for. Checkpoints written before input
+    normalisation existed fed raw embeddings."""
+    return {"input_norm": "none", **ck["shape"]}
+
+
 def load_model(path: Path, device: str = "cpu") -> tuple[DUCH, dict]:
     """The validation-selected model of a checkpoint (the last state if none was selected)."""
     ck = torch.load(path, map_location=device, weights_only=False)
-    s = ck["shape"]
-    # checkpoints written before input normalisation existed fed raw embeddings
+    s = checkpoint_shape(ck)
     model = DUCH(s["image_dim"], s["text_dim"], s["bits"], s["hidden"],
-                 s.get("input_norm", "none")).to(device)
+                 s["input_norm"]).to(device)
     model.load_state_dict(ck["best_state"] if ck.get("best_state") is not None else ck["model"])
     model.eval()
     return model, ck

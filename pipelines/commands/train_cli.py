@@ -27,6 +27,7 @@ CODES = "codes"
 
 def add_parsers(sub) -> None:
     from hashing.config import ABLATIONS, TrainConfig
+    from hashing.model import INPUT_NORMS
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train DUCH from embedding shards")
@@ -37,7 +38,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--hidden", type=int, default=d.hidden, help="hidden width (Table I: 4096)")
-    p.add_argument("--input-norm", choices=["l2", "none"], default=d.input_norm,
+    p.add_argument("--input-norm", choices=INPUT_NORMS, default=d.input_norm,
                    help="l2: scale every input embedding to unit norm first (as the authors' "
                    "loader does); none: raw embeddings")
     p.add_argument("--seed", type=int, default=d.seed)
