@@ -11,8 +11,9 @@ ImageNet weights, which cannot be downloaded here). Model loading is outside bot
 
 ours      = the stages as a run executes them: `augment-images` (decode, validate, draw view
             specs) then `embed-images` (DataLoader worker processes decode + replay the specs +
-            resize while the main process runs the encoder on batches: eval mode, ImageNet
-            normalisation, fp16 autocast and channels-last on CUDA), then the Parquet write.
+            resize while the main process runs the encoder on batches: eval mode, batch-norms
+            folded into the convolutions, ImageNet normalisation, channels-last, fp16 autocast
+            on CUDA), then the Parquet write.
 baseline  = the authors' pattern (REFERENCE.md item 7; written here, nothing copied): in the
             main process, per image, PIL open + torchvision transforms for each view, the two
             views as one batch through the encoder in train mode without normalisation, features
@@ -32,7 +33,7 @@ code is; it is timed both with one torch thread and with one per core (torch's d
 faster of the two counts (`--threads N` times it with N only).
 Batches: ours uses the stage defaults (CPU 4 views, measured fastest here; CUDA 512).
 Precision (ours): the stage's `precision` (auto = fp16 on CUDA, fp32 on the CPU). `--precision
-bf16` on a CPU with AMX runs the encoder in bf16 autocast, channels-last; the baseline stays
+bf16` on a CPU with AMX runs the encoder in bf16 autocast; the baseline stays
 fp32 as the authors ran it, and the equivalence check then also bounds the bf16 drift.
 
 Also reported: per-transform images/s of our spec-replayed albumentations ops (draw + apply,
@@ -223,7 +224,9 @@ def main() -> None:
                         loader_workers=args.loader_workers, encoder_procs=args.encoder_procs)
     stage.setup(StageContext(device=args.device))
     encoder = stage.encoder()
-    base_model = load_image_encoder(model).model.to(args.device)  # a separate copy: train mode
+    # the authors' model as loaded: batch-norms kept (they run it in train mode), NCHW layout
+    base_model = load_image_encoder(model, fold_bn=False).model.to(
+        args.device, memory_format=torch.contiguous_format)
 
     # 1. equivalence: clean views, both eval + normalised
     k = min(16, len(paths))
