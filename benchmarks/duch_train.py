@@ -50,7 +50,10 @@ def sync(device: str) -> None:
 
 
 # ------------------------------------------------------------------ the authors-style loop
-def baseline_train(feats, train_idx, bits, epochs, device, seed, log=lambda s: None):
+def baseline_train(feats, train_idx, bits, epochs, device, seed, log=lambda s: None,
+                   on_epoch=None):
+    """The authors' loop; `on_epoch(model, epoch)` after each epoch (their trainer evaluates there
+    and keeps the best state: duch_baseline_real.py --select-on-test)."""
     torch.manual_seed(seed)
     # their loader L2-normalises every embedding on load (read_hdf5(normalize=True))
     model = DUCH(feats.image_dim, feats.text_dim, bits, input_norm="l2").to(device)
@@ -118,6 +121,8 @@ def baseline_train(feats, train_idx, bits, epochs, device, seed, log=lambda s: N
                 group["lr"] = max(group["lr"] * 0.8, 1e-6)
         history.append(sums)
         log(f"[{epoch + 1}/{epochs}] " + " ".join(f"{k}: {v:10.2f}" for k, v in sums.items()))
+        if on_epoch is not None:
+            on_epoch(model, epoch + 1)
     return model
 
 
