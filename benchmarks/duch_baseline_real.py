@@ -55,8 +55,9 @@ def authors_loop_maps(features, bits: int, seed: int, epochs: int = 100,
     def keep_best(m, epoch: int) -> None:
         r = maps(m)
         m.train()
-        if r["authors"]["i2t"] + r["authors"]["t2i"] > best.get("score", -1.0):
-            best.update(score=r["authors"]["i2t"] + r["authors"]["t2i"], maps=r, epoch=epoch)
+        score = r["authors"]["i2t"] + r["authors"]["t2i"]
+        if score > best.get("score", -1.0):
+            best.update(score=score, maps=r, epoch=epoch)
 
     tr = np.sort(np.concatenate([s["train"], s["val"]]))
     m = baseline_train(f, tr, bits, epochs, "cpu", seed,

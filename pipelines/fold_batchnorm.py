@@ -25,9 +25,11 @@ from torch import nn
 TOLERANCE = 1e-3
 
 
-def _pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]] | None:
+def _pairs(model: nn.Module, example: torch.Tensor
+           ) -> tuple[list[tuple[str, str]] | None, torch.Tensor]:
     """(conv name, bn name) for each batch-norm whose input is a convolution's output, or None
-    when some convolution or batch-norm runs twice or feeds more than one batch-norm."""
+    when some convolution or batch-norm runs twice or feeds more than one batch-norm; and the
+    model's output on `example` (the reference the folded copy is checked against)."""
     names = {m: n for n, m in model.named_modules()}
     produced: dict[int, tuple[torch.Tensor, nn.Module]] = {}  # keeps outputs alive: ids unique
     calls: dict[nn.Module, int] = {}
@@ -51,14 +53,14 @@ def _pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]] | N
             hooks.append(mod.register_forward_pre_hook(before_bn))
     try:
         with torch.no_grad():
-            model(example)
+            out = model(example)
     finally:
         for h in hooks:
             h.remove()
     convs = [c for c, _ in pairs]
     if any(n > 1 for n in calls.values()) or len(set(convs)) != len(convs):
-        return None
-    return pairs
+        return None, out
+    return pairs, out
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -90,7 +92,7 @@ def fold_batchnorm(model: nn.Module, input_size: int) -> tuple[nn.Module, int]:
         return model, 0
     example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     try:
-        pairs = _pairs(model, example)
+        pairs, want = _pairs(model, example)
     except Exception:  # a model the hooks cannot follow: keep it as it is
         return model, 0
     if not pairs:
@@ -102,7 +104,7 @@ def fold_batchnorm(model: nn.Module, input_size: int) -> tuple[nn.Module, int]:
             _fold(conv, folded.get_submodule(bn_name))
             _replace(folded, bn_name, nn.Identity())
             _unpad(conv)
-        want, got = model(example), folded(example)
+        got = folded(example)
     scale = want.abs().max().clamp_min(1e-6)
     if want.shape != got.shape or not bool(((want - got).abs().max() / scale) <= TOLERANCE):
         return model, 0

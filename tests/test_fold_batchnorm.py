@@ -52,24 +52,23 @@ def test_resnet_with_real_statistics_folds_exactly():
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is kept
 
 
-class _ConvOutputUsedTwice(nn.Module):
-    """conv -> bn, but the conv's raw output is also added back: folding would change it."""
-
+class _ConvBN(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.bn = nn.BatchNorm2d(3)
+
+
+class _ConvOutputUsedTwice(_ConvBN):
+    """conv -> bn, but the conv's raw output is also added back: folding would change it."""
 
     def forward(self, x):
         y = self.conv(x)
         return (self.bn(y) + y).mean((2, 3))
 
 
-class _SharedConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
+class _SharedConv(_ConvBN):
+    """One convolution called twice: its weights cannot hold two foldings."""
 
     def forward(self, x):
         return self.bn(self.conv(self.conv(x))).mean((2, 3))
