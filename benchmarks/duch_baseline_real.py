@@ -24,6 +24,7 @@ from duch_train import baseline_train  # noqa: E402
 from hashing.codes import pack, to_bits  # noqa: E402
 from hashing.data import split_indices  # noqa: E402
 from hashing.evaluate import evaluate_codes  # noqa: E402
+from hashing.metrics import VARIANTS  # noqa: E402
 from hashing.train import encode  # noqa: E402
 from pipelines.training_data import load_archive  # noqa: E402
 
@@ -48,7 +49,7 @@ def authors_loop_maps(features, bits: int, seed: int, epochs: int = 100,
                  "text": pack(to_bits(encode(m.text, f.text[:, 0])))}
         return {v: {d: round(x["map"], 4) for d, x in evaluate_codes(
             codes, keys, {"image": split, "text": split}, 20, v, (20,)).items()}
-            for v in ("standard", "authors")}
+            for v in VARIANTS}
 
     best: dict = {}
 

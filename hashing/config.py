@@ -7,6 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 
 REDUCTIONS = ("mean", "sum")
+# mAP@K normalisations, defined in hashing.metrics: "standard" (1 / relevant hits in the top K, the
+# hashing literature's and REFERENCE's), "ir" (1 / min(K, R)), "authors" (their variant)
+MAP_VARIANTS = ("standard", "ir", "authors")
 
 # Table III: each ablation is a set of weight overrides.
 ABLATIONS = {

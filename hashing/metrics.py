@@ -1,14 +1,22 @@
 """Retrieval metrics over Hamming rankings (paper eq. 10-11).
 
-Standard mAP@K (default): for a query with R relevant items in the database,
-    AP@K = (1 / min(K, R)) * sum_{i=1..K} P(i) rel(i),
-P(i) the precision of the first i results (the truncated AP of the IR literature). A query with
-R = 0 scores 0 and still counts in the mean.
+Standard mAP@K (default, `variant="standard"`): with P(i) the precision of the first i results
+and r the number of relevant items among the first K,
+    AP@K = (1 / r) * sum_{i=1..K} P(i) rel(i)          (0 when r = 0),
+the mean precision at the relevant hits of the top K. This is eq. 10 as the cross-modal hashing
+literature computes it (the `calc_map_k` of DCMH, DJSRH and JDSH, the methods the paper compares
+with) and the "standard truncated AP@20" of REFERENCE.md's bar: its figures lie above the
+authors' variant, which only this normalisation allows.
+
+IR variant (`variant="ir"`): the same sum over 1 / min(K, R), R the relevant items in the whole
+database (the truncated AP of the IR literature). It also charges the relevant items that did not
+make the top K, so it is never above the authors' variant; earlier duchkit releases reported it as
+"standard".
 
 Authors' variant (`variant="authors"`, for comparison with published figures only): the
 precision is read at the ranks of the first min(K, R) relevant items *wherever they fall in the
 whole ranking*, even beyond K, and averaged over min(K, R). It rewards a run that finds its
-relevant items late and is not AP@K. Both use the tie rule of hashing.retrieval.
+relevant items late and is not AP@K. All three use the tie rule of hashing.retrieval.
 
 Relevance: two items are relevant when their labels are equal (class labels; pass image indices
 as labels for paired-caption relevance).
@@ -20,9 +28,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hashing.config import MAP_VARIANTS
 from hashing.retrieval import hamming_packed, rank, rank_torch
 
-VARIANTS = ("standard", "authors")
+VARIANTS = MAP_VARIANTS
 PK_KS = tuple(range(5, 201, 5))
 
 
@@ -33,11 +42,13 @@ def n_relevant(q_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
     return np.where(uniq[pos] == q_labels, counts[pos], 0)
 
 
-def average_precision_at_k(rel: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
-    """Standard AP@K per query from relevance of the ranked list rel [Q, >= k]."""
+def average_precision_at_k(rel: np.ndarray, n_rel: np.ndarray, k: int,
+                           variant: str = "standard") -> np.ndarray:
+    """AP@K per query from the relevance of the ranked list rel [Q, >= k]: normalised by the
+    relevant hits in the top K ("standard") or by min(K, R) ("ir")."""
     rel = rel[:, :k].astype(np.float64)
     precision = np.cumsum(rel, 1) / np.arange(1, rel.shape[1] + 1)
-    denom = np.minimum(n_rel, k)
+    denom = rel.sum(1) if variant == "standard" else np.minimum(n_rel, k)
     return np.where(denom > 0, (precision * rel).sum(1) / np.maximum(denom, 1), 0.0)
 
 
@@ -77,24 +88,26 @@ def evaluate_direction(query: np.ndarray, database: np.ndarray, q_labels: np.nda
     rel = np.asarray(q_labels)[:, None] == np.asarray(db_labels)[order]
     n_rel = n_relevant(np.asarray(q_labels), np.asarray(db_labels))
     ap = (authors_average_precision(rel, n_rel, k) if variant == "authors"
-          else average_precision_at_k(rel, n_rel, k))
+          else average_precision_at_k(rel, n_rel, k, variant))
     return {"map": float(ap.mean()), "k": k, "variant": variant, "queries": len(query),
             "database": len(database), "pk_ks": list(pk_ks), "pk": precision_at(rel, pk_ks)}
 
 
 def map_at_k_torch(query: torch.Tensor, database: torch.Tensor, q_labels: torch.Tensor,
-                   db_labels: torch.Tensor, k: int = 20) -> torch.Tensor:
-    """Standard mAP@k on the device from continuous codes (signs taken here); returns a 0-d
-    tensor, so model selection during training needs one host sync per evaluation, not per
-    batch."""
+                   db_labels: torch.Tensor, k: int = 20, variant: str = "standard") -> torch.Tensor:
+    """mAP@k ("standard" or "ir") on the device from continuous codes (signs taken here);
+    returns a 0-d tensor, so model selection during training needs one host sync per
+    evaluation, not per batch."""
     qs = torch.where(query >= 0, 1.0, -1.0)
     ds = torch.where(database >= 0, 1.0, -1.0)
     k_bits = qs.shape[1]
     dist = ((k_bits - qs @ ds.T) / 2).round().to(torch.int64)
     order = rank_torch(dist, k)
     rel = (q_labels[:, None] == db_labels[order]).float()
-    n_rel = (q_labels[:, None] == db_labels[None, :]).sum(1).float()
     precision = rel.cumsum(1) / torch.arange(1, rel.shape[1] + 1, device=rel.device)
-    denom = n_rel.clamp(max=k)
+    if variant == "standard":
+        denom = rel.sum(1)
+    else:
+        denom = (q_labels[:, None] == db_labels[None, :]).sum(1).float().clamp(max=k)
     ap = torch.where(denom > 0, (precision * rel).sum(1) / denom.clamp(min=1), 0.0)
     return ap.mean()

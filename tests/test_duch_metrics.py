@@ -21,12 +21,14 @@ def naive_ranking(q_bits, db_bits):
 def naive_ap(rel, n_rel, k, variant):
     if n_rel == 0:
         return 0.0
-    if variant == "standard":
+    if variant in ("standard", "ir"):
         hits, s = 0, 0.0
         for i, r in enumerate(rel[:k], 1):
             if r:
                 hits += 1
                 s += hits / i
+        if variant == "standard":  # over the relevant hits of the top k
+            return s / hits if hits else 0.0
         return s / min(k, n_rel)
     total = min(k, n_rel)
     positions = [i for i, r in enumerate(rel, 1) if r][:total]
@@ -60,15 +62,21 @@ def test_ranking_tie_rule_and_paths_agree():
 
 def test_ap_by_hand():
     rel = np.array([[1, 0, 1, 0, 0, 1]], bool)
-    # standard AP@3 with R = 3 relevant: (1/1 + 2/3) / min(3, 3)
-    assert average_precision_at_k(rel, np.array([3]), 3)[0] == pytest.approx((1 + 2 / 3) / 3)
+    # standard AP@3: two hits in the top 3 -> (1/1 + 2/3) / 2
+    assert average_precision_at_k(rel, np.array([3]), 3)[0] == pytest.approx((1 + 2 / 3) / 2)
+    # ir AP@3 with R = 3 relevant: (1/1 + 2/3) / min(3, 3)
+    assert average_precision_at_k(rel, np.array([3]), 3, "ir")[0] == pytest.approx(
+        (1 + 2 / 3) / 3)
     # authors' variant, K = 3: hits at ranks 1, 3, 6 -> (1/1 + 2/3 + 3/6) / 3
     assert authors_average_precision(rel, np.array([3]), 3)[0] == pytest.approx(
         (1 + 2 / 3 + 0.5) / 3)
-    assert average_precision_at_k(rel, np.array([0]), 3)[0] == 0
+    assert average_precision_at_k(rel, np.array([0]), 3, "ir")[0] == 0
+    none_in_top = np.array([[0, 0, 0, 1]], bool)  # no hit in the top 3 scores 0 in both
+    assert average_precision_at_k(none_in_top, np.array([1]), 3)[0] == 0
+    assert average_precision_at_k(none_in_top, np.array([1]), 3, "ir")[0] == 0
 
 
-@pytest.mark.parametrize("variant", ["standard", "authors"])
+@pytest.mark.parametrize("variant", ["standard", "ir", "authors"])
 def test_map_and_pk_against_brute_force(variant):
     rng = np.random.default_rng(2)
     q, db = rng.random((12, 8)) > 0.5, rng.random((50, 8)) > 0.5
@@ -84,21 +92,23 @@ def test_map_and_pk_against_brute_force(variant):
     got = evaluate_direction(pack(q), pack(db), ql, dl, k=k, variant=variant, pk_ks=(5, 20))
     assert got["map"] == pytest.approx(np.mean(aps))
     assert got["pk"][1] == pytest.approx(np.mean(p20))
-    if variant == "standard":
+    if variant != "authors":
         t = map_at_k_torch(torch.tensor(to_signs(q)), torch.tensor(to_signs(db)),
-                           torch.tensor(ql), torch.tensor(dl), k).item()
+                           torch.tensor(ql), torch.tensor(dl), k, variant).item()
         assert t == pytest.approx(np.mean(aps), abs=1e-6)
 
 
-def test_authors_variant_exceeds_standard_when_hits_come_late():
+def test_the_three_normalisations_when_hits_come_late():
     q = np.zeros((1, 8), bool)
     db = np.array([[0] * 8] + [[1] * 4 + [0] * 4] * 30 + [[1] * 8] * 2, bool)  # hits 1, 32, 33
     labels = np.array([1] + [0] * 30 + [1] * 2)
-    std = evaluate_direction(pack(q), pack(db), np.array([1]), labels, k=20)["map"]
-    auth = evaluate_direction(pack(q), pack(db), np.array([1]), labels, k=20,
-                              variant="authors")["map"]
-    assert std == pytest.approx(1 / 3)
-    assert auth == pytest.approx((1 + 2 / 32 + 3 / 33) / 3)
+    got = {v: evaluate_direction(pack(q), pack(db), np.array([1]), labels, k=20,
+                                 variant=v)["map"] for v in ("standard", "ir", "authors")}
+    assert got["standard"] == 1.0  # the one hit of the top 20 is at rank 1
+    assert got["ir"] == pytest.approx(1 / 3)  # the two relevant items past rank 20 cost
+    assert got["authors"] == pytest.approx((1 + 2 / 32 + 3 / 33) / 3)
+    # ir never exceeds the authors' variant; standard can exceed both (REFERENCE's bar does)
+    assert got["ir"] < got["authors"] < got["standard"]
 
 
 def test_histogram_top_k_equals_full_ranking():

@@ -2,7 +2,7 @@
 
     duchkit train --images DIR --texts DIR --out RUN [--bits 64] [--epochs 100] [--seed 0]
                   [--device auto|cpu|cuda] [--ablation DUCH-NA ...] [--resume] ...
-    duchkit evaluate --run RUN [--map-variant standard|authors] [--k 20] [--relevance class|pair]
+    duchkit evaluate --run RUN [--map-variant standard|ir|authors] [--k 20] [--relevance class|pair]
 
 A run folder holds: checkpoint.pt (model, optimisers, B, epoch, RNG states, the validation-
 selected weights), run.json (config, inputs, splits, history), codes/ (a stage folder: one row per
@@ -26,7 +26,7 @@ CODES = "codes"
 
 
 def add_parsers(sub) -> None:
-    from hashing.config import ABLATIONS, TrainConfig
+    from hashing.config import ABLATIONS, MAP_VARIANTS, TrainConfig
     from hashing.model import INPUT_NORMS
 
     d = TrainConfig()
@@ -69,9 +69,10 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("evaluate", help="hash codes and retrieval metrics of a trained run")
     p.add_argument("--run", type=Path, required=True, help="run folder of duchkit train")
-    p.add_argument("--map-variant", choices=["standard", "authors"], default="standard",
-                   help="authors: their non-standard mAP, only to compare with published "
-                   "figures")
+    p.add_argument("--map-variant", choices=MAP_VARIANTS, default="standard",
+                   help="standard: AP over the relevant hits of the top K (the hashing "
+                   "literature's); ir: AP over min(K, R); authors: their non-standard mAP, only "
+                   "to compare with published figures")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--relevance", choices=["class", "pair"], default="class",
                    help="class: same class label; pair: caption and image of the same pair")
