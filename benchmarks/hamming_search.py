@@ -43,7 +43,8 @@ def baseline(q_signs: torch.Tensor, db_signs: torch.Tensor) -> np.ndarray:
 def gpu_search(q_signs: torch.Tensor, db_signs: torch.Tensor, chunk: int = 1000):
     out = []
     for s in range(0, len(q_signs), chunk):
-        out.append(rank_torch(hamming_signs(q_signs[s:s + chunk], db_signs), K))
+        out.append(rank_torch(hamming_signs(q_signs[s:s + chunk], db_signs), K,
+                              q_signs.shape[1]))
     return torch.cat(out)
 
 

@@ -6,6 +6,8 @@ therefore deterministic and identical on every path (numpy popcount, torch matmu
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -43,10 +45,14 @@ def rank(distances: np.ndarray, k: int | None = None) -> np.ndarray:
     return np.argsort(key, axis=1)
 
 
-def rank_torch(distances: torch.Tensor, k: int) -> torch.Tensor:
-    """The same ranking on a device: top-k of unique keys, no host sync."""
+def rank_torch(distances: torch.Tensor, k: int, max_distance: int | None = None) -> torch.Tensor:
+    """The same ranking on a device: top-k of unique keys, no host sync. With `max_distance`
+    (the code length) the keys are int32 whenever (max_distance + 1) * n fits, which halves the
+    memory and bandwidth of the top-k (1M 128-bit codes fit)."""
     n = distances.shape[1]
-    key = distances.to(torch.int64) * n + torch.arange(n, device=distances.device)
+    wide = max_distance is None or (max_distance + 1) * n >= 2**31
+    dtype = torch.int64 if wide else torch.int32
+    key = distances.to(dtype) * n + torch.arange(n, device=distances.device, dtype=dtype)
     return torch.topk(key, min(k, n), dim=1, largest=False, sorted=True).indices
 
 
@@ -57,31 +63,61 @@ def search(query_packed: np.ndarray, database_packed: np.ndarray, k: int = 20):
     return idx, np.take_along_axis(dist, idx, 1)
 
 
-def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20, chunk: int = 16):
+def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20,
+                 threads: int | None = None):
     """Exact top-k (indices, distances) by XOR + popcount, without sorting the database.
 
-    Hamming distances take only K+1 values, so a per-query histogram gives the distance
-    threshold that admits at least k items; only those candidates are sorted by (distance,
-    index), which is the module's tie rule. Same result as `search`, far less work at 1M codes.
+    Per query: the distances to every code (XOR + popcount into a small-integer buffer); the
+    k-th smallest distance over every 16th code, which bounds the k-th smallest of the whole
+    database from above (the whole contains that subset); the codes at or under the bound
+    (about 16k of them for spread-out codes); and of those the first k by (distance, index),
+    the module's tie rule. When codes bunch so that the bound admits too many candidates, the
+    exact k-th distance from a histogram replaces it. Same result as `search`, at 1M codes
+    about 1 ms a query and thread; queries are split over `threads` (default: CPU count),
+    since numpy releases the GIL in all of these steps.
     """
     q = as_words(query) if query.dtype == np.uint8 else query
-    db = as_words(database) if database.dtype == np.uint8 else database
-    n, nbits = db.shape[0], 64 * db.shape[1]
+    db = np.ascontiguousarray(as_words(database) if database.dtype == np.uint8 else database)
+    n, words = db.shape
     k = min(k, n)
     idx_out = np.empty((q.shape[0], k), np.int64)
     dist_out = np.empty((q.shape[0], k), np.int32)
-    for s in range(0, q.shape[0], chunk):
-        x = np.bitwise_count(q[s:s + chunk, None, :] ^ db[None, :, :])
-        d = x[..., 0] if x.shape[2] == 1 else x.sum(-1, dtype=np.uint16)
-        rows = d.shape[0]
-        offsets = (np.arange(rows) * (nbits + 1))[:, None]
-        hist = np.bincount((d + offsets).ravel(), minlength=rows * (nbits + 1))
-        threshold = (hist.reshape(rows, nbits + 1).cumsum(1) >= k).argmax(1)
-        for r in range(rows):
-            cand = np.flatnonzero(d[r] <= threshold[r])
-            key = d[r, cand].astype(np.int64) * n + cand
-            pick = cand[np.argsort(key)[:k]]
-            idx_out[s + r], dist_out[s + r] = pick, d[r, pick]
+    if k == 0 or q.shape[0] == 0:
+        return idx_out, dist_out
+    dtype = np.uint8 if 64 * words <= 255 else np.uint16
+    sample = 16 if n >= 16 * k else 1
+
+    def run(rows: range) -> None:
+        xor, pop = np.empty(n, np.uint64), np.empty(n, np.uint8)
+        d = np.empty(n, dtype)
+        for r in rows:
+            np.bitwise_xor(db[:, 0], q[r, 0], out=xor)
+            np.bitwise_count(xor, out=d if dtype == np.uint8 else pop)
+            if dtype != np.uint8:
+                d[:] = pop
+            for w in range(1, words):
+                np.bitwise_xor(db[:, w], q[r, w], out=xor)
+                np.bitwise_count(xor, out=pop)
+                d += pop
+            bound = np.partition(d[::sample], k - 1)[k - 1]
+            cand = np.flatnonzero(d <= bound)
+            if len(cand) > 64 * k + 4096:  # bunched codes: take the exact k-th distance
+                bound = np.searchsorted(np.cumsum(np.bincount(d)), k)
+                cand = np.flatnonzero(d <= bound)
+            key = d[cand].astype(np.int64) * n + cand
+            pick = cand[np.sort(np.argpartition(key, k - 1)[:k] if len(cand) > k
+                                else np.arange(len(cand)))]
+            pick = pick[np.argsort(d[pick], kind="stable")]  # candidates are in index order
+            idx_out[r], dist_out[r] = pick, d[pick]
+
+    threads = max(1, min(threads or os.cpu_count() or 1, q.shape[0]))
+    if threads == 1:
+        run(range(q.shape[0]))
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, [range(i, q.shape[0], threads) for i in range(threads)]))
     return idx_out, dist_out
 
 
@@ -95,6 +131,6 @@ def top_k_torch(query_bits: np.ndarray, database_bits: np.ndarray, k: int = 20,
     q = torch.as_tensor(np.where(query_bits, 1.0, -1.0), dtype=torch.float32, device=dev)
     db = torch.as_tensor(np.where(database_bits, 1.0, -1.0), dtype=torch.float32, device=dev)
     dist = hamming_signs(q, db)
-    idx = rank_torch(dist, k)
+    idx = rank_torch(dist, k, q.shape[1])
     return idx.cpu().numpy(), torch.gather(dist, 1, idx).cpu().numpy()
 

@@ -55,6 +55,7 @@ def test_ranking_tie_rule_and_paths_agree():
     assert rank(dist).tolist() == want
     assert rank(dist, 10).tolist() == [w[:10] for w in want]
     assert rank_torch(torch.tensor(dist), 10).tolist() == [w[:10] for w in want]
+    assert rank_torch(torch.tensor(dist), 10, 8).tolist() == [w[:10] for w in want]  # int32 keys
     idx, d = search(pack(q), pack(db), 10)
     assert idx.tolist() == [w[:10] for w in want]
     assert (np.diff(d, axis=1) >= 0).all()
@@ -111,7 +112,7 @@ def test_the_three_normalisations_when_hits_come_late():
     assert got["ir"] < got["authors"] < got["standard"]
 
 
-def test_histogram_top_k_equals_full_ranking():
+def test_bounded_top_k_equals_full_ranking():
     from hashing.retrieval import top_k_packed
 
     rng = np.random.default_rng(5)
@@ -123,3 +124,24 @@ def test_histogram_top_k_equals_full_ranking():
         want, wd = search(pack(q), pack(db), 20)
         assert (idx == want).all() and (d == wd).all()
         assert idx[0].tolist() == list(range(99, 119))
+        for threads in (1, 3):
+            assert (top_k_packed(pack(q), pack(db), 20, threads)[0] == want).all()
+    # bunched codes: every 16th code (the bounding sample) sits at distance 10 with most of the
+    # archive, the 20 nearest codes elsewhere: the bound admits 30k candidates and gives way
+    # to the exact k-th distance
+    q = rng.random((1, 64)) > 0.5
+    far = q.copy()
+    far[0, :10] ^= True
+    db = np.repeat(far, 30000, 0)
+    near = np.arange(30000)[np.arange(30000) % 16 != 0][::997][:20]
+    for j, i in enumerate(near):
+        db[i] = q[0]
+        db[i, j % 3] ^= True
+    idx, d = top_k_packed(pack(q), pack(db), 20)
+    want, wd = search(pack(q), pack(db), 20)
+    assert (idx == want).all() and (d == wd).all() and set(idx[0]) == set(near)
+    # 256-bit codes: distances above 255 need a wider counter
+    q, db = np.ones((1, 256), bool), np.zeros((50, 256), bool)
+    db[7] = True
+    idx, d = top_k_packed(pack(q), pack(db), 3)
+    assert idx[0].tolist() == [7, 0, 1] and d[0].tolist() == [0, 256, 256]
