@@ -150,13 +150,16 @@ def transform_rates(paths: list[str]) -> dict[str, dict[str, float]]:
         "center_crop": iv.build_setup("NoAugmentation"),
         "AugmentedCenterCrop": iv.build_setup("AugmentedCenterCrop"),
     }
+    # the same transform on both sides: ours rotates bilinearly, torchvision's default is nearest
+    bilinear = T.InterpolationMode.BILINEAR
     theirs = {
         "gaussian_blur": T.GaussianBlur(3, sigma=p.blur_sigma),
-        "rotation": T.RandomRotation(p.rotation_degrees),
+        "rotation": T.RandomRotation(p.rotation_degrees, interpolation=bilinear),
         "color_jitter": T.ColorJitter(0.4, 0.4, 0.4, 0.1),
         "center_crop": T.CenterCrop(200),
         "AugmentedCenterCrop": T.Compose([T.GaussianBlur(3, sigma=p.blur_sigma),
-                                          T.RandomRotation(p.rotation_degrees),
+                                          T.RandomRotation(p.rotation_degrees,
+                                                           interpolation=bilinear),
                                           T.CenterCrop(200)]),
     }
     rates: dict[str, dict[str, float]] = {}
@@ -313,7 +316,8 @@ def main() -> None:
         "transforms_per_s": rates,
         "quick": bool(args.quick),
     }
-    suffix = "" if args.precision in ("auto", "fp32") else f"-{args.precision}"
+    suffix = ("" if args.precision in ("auto", "fp32") else f"-{args.precision}") + \
+        ("-quick" if args.quick else "")  # a quick run never overwrites a full run's figures
     out = ROOT / "benchmarks" / "results" / f"image_embed-{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
