@@ -103,3 +103,22 @@ def test_zero_weights_remove_their_terms():
     assert h[1].grad.abs().sum() > 0  # the image intra-modal term is still there
     full = hashing_losses(*h, b, None, LossWeights(alpha=0.0))
     assert full["total"].item() > terms["total"].item()
+
+
+def test_binarisation_weights_are_per_bit_at_the_reference_length():
+    from hashing.config import TrainConfig
+
+    # quantisation and bit balance grow with the code length: per-sample sums over the K bits
+    h = [torch.rand(6, 128) * 2 - 1 for _ in range(4)]
+    b = torch.where(torch.rand(6, 128) >= 0.5, 1.0, -1.0)
+    q64, q128 = quantisation_loss([x[:, :64] for x in h], b[:, :64]), quantisation_loss(h, b)
+    assert 1.6 < (q128 / q64).item() < 2.4
+    w64, w128 = TrainConfig(bits=64).weights(), TrainConfig(bits=128).weights()
+    assert (w64.beta, w64.gamma) == (0.001, 0.01)  # the paper's values, tuned at 64 bits
+    assert (w128.beta, w128.gamma) == pytest.approx((0.0005, 0.005))
+    assert TrainConfig(bits=16).weights().beta == pytest.approx(0.004)
+    const = TrainConfig(bits=128, weights_ref_bits=0).weights()  # the paper's literal weights
+    assert (const.beta, const.gamma, const.alpha) == (0.001, 0.01, 0.01)
+    assert TrainConfig(bits=16).weights().alpha == 0.01  # the adversarial term does not scale
+    with pytest.raises(ValueError, match="weights_ref_bits"):
+        TrainConfig(weights_ref_bits=-1).validate()
