@@ -46,14 +46,14 @@ BITS = [16, 32, 64, 128]
 
 def cached_authors_loop(archive, features: Path, bits: int, seed: int, epochs: int) -> dict:
     """The authors' loop's maps for (features, bits, seed, epochs), trained once: cached under
-    benchmarks/.cache, keyed by the feature shards' manifests and the source of the loop and
-    the metrics, so any change to either trains it again."""
+    benchmarks/.cache, keyed by the feature shards' manifests and the source of the loop and of
+    everything in hashing/ it uses (model, losses, codes, metrics), so any change retrains it."""
     from duch_baseline_real import authors_loop_maps
 
     h = hashlib.sha256(repr((bits, seed, epochs)).encode())
-    for p in [features / s / "_manifest.json" for s in ("image_embeddings", "text_embeddings")] + [
-            ROOT / "benchmarks" / "duch_train.py", ROOT / "benchmarks" / "duch_baseline_real.py",
-            ROOT / "hashing" / "metrics.py", ROOT / "hashing" / "evaluate.py"]:
+    sources = [features / s / "_manifest.json" for s in ("image_embeddings", "text_embeddings")]
+    sources += [ROOT / "benchmarks" / "duch_train.py", ROOT / "benchmarks" / "duch_baseline_real.py"]
+    for p in sources + sorted((ROOT / "hashing").glob("*.py")):
         h.update(p.read_bytes())
     cache = ROOT / "benchmarks" / ".cache" / f"authors-loop-{h.hexdigest()[:20]}.json"
     if cache.exists():

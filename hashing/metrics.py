@@ -28,10 +28,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hashing.config import MAP_VARIANTS
+from hashing.config import MAP_VARIANTS as VARIANTS
 from hashing.retrieval import hamming_packed, rank, rank_torch
 
-VARIANTS = MAP_VARIANTS
 PK_KS = tuple(range(5, 201, 5))
 
 
@@ -102,7 +101,7 @@ def map_at_k_torch(query: torch.Tensor, database: torch.Tensor, q_labels: torch.
     ds = torch.where(database >= 0, 1.0, -1.0)
     k_bits = qs.shape[1]
     dist = ((k_bits - qs @ ds.T) / 2).round().to(torch.int64)
-    order = rank_torch(dist, k)
+    order = rank_torch(dist, k, k_bits)
     rel = (q_labels[:, None] == db_labels[order]).float()
     precision = rel.cumsum(1) / torch.arange(1, rel.shape[1] + 1, device=rel.device)
     if variant == "standard":

@@ -77,8 +77,9 @@ def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20,
     since numpy releases the GIL in all of these steps.
     """
     q = as_words(query) if query.dtype == np.uint8 else query
-    db = np.ascontiguousarray(as_words(database) if database.dtype == np.uint8 else database)
+    db = as_words(database) if database.dtype == np.uint8 else database
     n, words = db.shape
+    columns = np.ascontiguousarray(db.T)  # word w of every code, contiguous: read once a query
     k = min(k, n)
     idx_out = np.empty((q.shape[0], k), np.int64)
     dist_out = np.empty((q.shape[0], k), np.int32)
@@ -88,26 +89,19 @@ def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20,
     sample = 16 if n >= 16 * k else 1
 
     def run(rows: range) -> None:
-        xor, pop = np.empty(n, np.uint64), np.empty(n, np.uint8)
-        d = np.empty(n, dtype)
+        xor, pop, d = np.empty(n, np.uint64), np.empty(n, np.uint8), np.empty(n, dtype)
         for r in rows:
-            np.bitwise_xor(db[:, 0], q[r, 0], out=xor)
-            np.bitwise_count(xor, out=d if dtype == np.uint8 else pop)
-            if dtype != np.uint8:
-                d[:] = pop
+            np.bitwise_count(np.bitwise_xor(columns[0], q[r, 0], out=xor), out=d)
             for w in range(1, words):
-                np.bitwise_xor(db[:, w], q[r, w], out=xor)
-                np.bitwise_count(xor, out=pop)
-                d += pop
+                d += np.bitwise_count(np.bitwise_xor(columns[w], q[r, w], out=xor), out=pop)
             bound = np.partition(d[::sample], k - 1)[k - 1]
             cand = np.flatnonzero(d <= bound)
             if len(cand) > 64 * k + 4096:  # bunched codes: take the exact k-th distance
                 bound = np.searchsorted(np.cumsum(np.bincount(d)), k)
                 cand = np.flatnonzero(d <= bound)
-            key = d[cand].astype(np.int64) * n + cand
-            pick = cand[np.sort(np.argpartition(key, k - 1)[:k] if len(cand) > k
-                                else np.arange(len(cand)))]
-            pick = pick[np.argsort(d[pick], kind="stable")]  # candidates are in index order
+            key = d[cand].astype(np.int64) * n + cand  # (distance, index): the tie rule
+            top = np.argpartition(key, k - 1)[:k]
+            pick = cand[top[np.argsort(key[top])]]
             idx_out[r], dist_out[r] = pick, d[pick]
 
     threads = max(1, min(threads or os.cpu_count() or 1, q.shape[0]))
