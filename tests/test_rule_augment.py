@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from augment.caption_text import tokenize
-from augment.rule_augment import (CHANGED, EMPTY, NO_WORDS, RuleAugmenter, RuleConfig,
-                                  split_caption)
+from augment.rule_augment import (CHANGED, EMPTY, FUNCTION_WORDS, NO_WORDS, RuleAugmenter,
+                                  RuleConfig, split_caption)
 from pipelines.stage import StageContext
 from pipelines.stages.rule_augment import RuleAugment
 
@@ -129,6 +129,19 @@ def test_farmland_gets_a_glove_neighbour(stage):
     neighbours = [w for w, _ in aug.neighbours.kv.most_similar("farmland", topn=10)]
     assert rep["farmland"].new in neighbours
     assert all(x.bertscore_f1 >= 0.7 for x in r.replacements)
+
+
+def test_function_words_never_replace_nouns_or_verbs(stage, sample, results):
+    # GloVe 6B 50d puts "a" next to "piece", and spaCy tags "There is a a of farmland ." with
+    # the second "a" as a noun, so the paper's filters alone accept it
+    piece = "There is a piece of farmland ."
+    paper_only = fresh(stage, exclude_function_words=False).augment([piece])[0]
+    assert {(x.old, x.new) for x in paper_only.replacements} >= {("piece", "a")}
+    default = fresh(stage).augment([piece])[0]
+    assert "piece" not in {x.old for x in default.replacements} or all(
+        x.new.lower() not in FUNCTION_WORDS for x in default.replacements)
+    _, res = results
+    assert not [x for r in res for x in r.replacements if x.new.lower() in FUNCTION_WORDS]
 
 
 def test_threshold_filters_and_best_is_argmax(stage, sample):

@@ -27,6 +27,13 @@ def _threshold(text: str) -> float | bool:
     return False if text.lower() in ("off", "false", "none") else float(text)
 
 
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return low in ("1", "true", "yes", "on")
+
+
 def _bool_or_auto(text: str) -> str | bool:
     low = text.lower()
     return "auto" if low == "auto" else low in ("1", "true", "yes", "on")
@@ -55,6 +62,9 @@ OPTIONS: list[tuple[str, str, Any, tuple | None, str]] = [
     ("--choice", "choice", str, ("best", "random"), "best (default) or random"),
     ("--variants", "variants", int, None, "augmented captions per caption (random only)"),
     ("--max-replacements", "max_replacements", int, None, "0 (default): no cap"),
+    ("--allow-function-words", "allow_function_words", _bool, None,
+     "false (default): closed-class words (a, the, everyone) never replace a noun or verb; "
+     "true: the paper's filters only"),
     ("--text-column", "text_column", str, None, "the column to augment (default caption)"),
 ]
 

@@ -98,6 +98,9 @@ class RuleAugment(Stage):
     choice: str = "best"                  # best (highest F1) | random (seeded per caption)
     variants: int = 1
     max_replacements: int = 0             # 0: one per marked token at most (the paper)
+    # true: closed-class words ("a", "the", "everyone") may replace nouns and verbs, as the
+    # paper's filters alone allow (augment/rule_augment.py says why that is off by default)
+    allow_function_words: bool = False
     batch_size: int = 256
     # BERTScore encoder precision: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2.5x faster
     # on CPUs with AMX (scores move ~1e-3, so near-ties between candidates may flip).
@@ -137,6 +140,9 @@ class RuleAugment(Stage):
                               f"{self.precision!r}")
         if not isinstance(self.max_replacements, int) or self.max_replacements < 0:
             raise ConfigError("field 'max_replacements' must be an integer >= 0")
+        if not isinstance(self.allow_function_words, bool):
+            raise ConfigError("field 'allow_function_words' must be true or false, not "
+                              f"{self.allow_function_words!r}")
         if not isinstance(self.bertscore_layers, int) or self.bertscore_layers < 0:
             raise ConfigError("field 'bertscore_layers' must be an integer >= 0")
         if not isinstance(self.replace_tags, (list, tuple)) or not self.replace_tags:
@@ -219,7 +225,7 @@ class RuleAugment(Stage):
                               f" {exc}") from None
         threshold = None if self.bertscore_threshold is False else float(self.bertscore_threshold)
         config = RuleConfig(tuple(self.replace_tags), threshold, self.choice,
-                            self.max_replacements)
+                            self.max_replacements, not self.allow_function_words)
         self._augmenter = RuleAugmenter(
             tagger, GloveNeighbours(kv, self.top_n, self.glove_threshold),
             BertScoreF1(scorer, self.batch_size, self._precision(ctx)), config)
