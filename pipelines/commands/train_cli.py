@@ -47,6 +47,8 @@ def add_parsers(sub) -> None:
                    help="Table III configuration (sets the weights below to 0)")
     for name in ("alpha", "beta", "gamma", "lambda_image", "lambda_text", "tau", "lr"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="Adam's (coupled, L2) weight decay of the hashing networks")
     p.add_argument("--weights-ref-bits", type=int, default=d.weights_ref_bits,
                    help="beta and gamma are the weights at this code length and scale by it / "
                    "bits (quantisation and bit balance grow with the bits, NT-Xent does not); "
@@ -97,7 +99,7 @@ def _config(args) -> "TrainConfig":
                       beta=args.beta, gamma=args.gamma, lambda_image=args.lambda_image,
                       lambda_text=args.lambda_text, tau=args.tau, lr=args.lr,
                       reduction=args.loss_reduction, lr_decay=args.lr_decay,
-                      weights_ref_bits=args.weights_ref_bits,
+                      weights_ref_bits=args.weights_ref_bits, weight_decay=args.weight_decay,
                       captions_per_image=args.captions_per_image, eval_every=args.eval_every,
                       map_k=args.k, compile=args.compile, amp=args.amp,
                       checkpoint_every=args.checkpoint_every)
