@@ -113,3 +113,16 @@ def test_bad_shards_are_named(feats, tmp_path, capsys):
     assert main(["train", "--images", str(images), "--texts", str(texts), "--out",
                  str(tmp_path / "r2")] + ARGS) == 2
     assert "dims" in capsys.readouterr().err
+
+
+def test_every_train_option_reaches_the_config():
+    from pipelines.cli import build_parser
+    from pipelines.commands.train_cli import _config
+
+    args = build_parser().parse_args(
+        ["train", "--images", "i", "--texts", "t", "--out", "o", "--device", "cpu",
+         "--weight-decay", "1e-3", "--lr-decay", "0.5", "--weights-ref-bits", "0", "--tau", "0.5",
+         "--loss-reduction", "sum", "--captions-per-image", "1", "--alpha", "0.02"])
+    cfg = _config(args)
+    assert (cfg.weight_decay, cfg.lr_decay, cfg.weights_ref_bits, cfg.tau, cfg.reduction,
+            cfg.captions_per_image, cfg.alpha) == (1e-3, 0.5, 0, 0.5, "sum", 1, 0.02)
