@@ -3,7 +3,8 @@ REFERENCE.md (the authors' trainer on the same kind of features) and the paper's
 
     python benchmarks/ucm_features.py --out FEAT        # once
     python benchmarks/duch_quality.py --features FEAT [--bits 16 32 64 128] [--seeds 0 1]
-                                      [--epochs 100] [--protocol paper|all]
+                                      [--epochs 100] [--protocol paper|all] [--baseline]
+    python benchmarks/duch_quality.py --summarise RESULT   # paired differences of a result
 
 protocol paper: one seeded caption per image for training and evaluation (the authors' setting,
 so the text database has one caption per retrieval image); all: all five captions. Model
@@ -64,9 +65,54 @@ def cached_authors_loop(archive, features: Path, bits: int, seed: int, epochs: i
     return maps
 
 
+def paired_difference(per_seed: list[dict]) -> dict:
+    """Ours minus the authors' loop per variant and direction, paired by seed (same split and
+    caption draw): mean, its standard error over seeds, and the seeds where ours is ahead. A
+    mean within about two standard errors of zero is a tie at this many seeds."""
+    out = {}
+    for v in VARIANTS:
+        for d in ("i2t", "t2i"):
+            x = np.array([s[v][d] - s["authors_loop"][v][d] for s in per_seed])
+            se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+            out.setdefault(v, {})[d] = {"diff": round(float(x.mean()), 4), "se": round(se, 4),
+                                        "ahead": int((x > 0).sum()), "seeds": len(x)}
+    return out
+
+
+def difference_table(rows: dict) -> str:
+    lines = ["| bits | " + " | ".join(f"{d.replace('2', '->').upper()} {v}" for v in VARIANTS
+                                      for d in ("i2t", "t2i")) + " |",
+             "|---|" + "---|" * (2 * len(VARIANTS))]
+    for bits, r in rows.items():
+        pd = r["ours_minus_loop"]
+        lines.append(f"| {bits} | " + " | ".join(
+            f"{pd[v][d]['diff']:+.3f} ± {pd[v][d]['se']:.3f} ({pd[v][d]['ahead']}/"
+            f"{pd[v][d]['seeds']})" for v in VARIANTS for d in ("i2t", "t2i")) + " |")
+    return ("Ours minus their loop, paired by seed: mean ± standard error (seeds where ours is "
+            "ahead)\n\n" + "\n".join(lines))
+
+
+def summarise(path: Path) -> None:
+    """Add the paired differences to an existing --baseline result file (no training)."""
+    result = json.loads(path.read_text())
+    rows = {b: r for b, r in result["results"].items()
+            if all("authors_loop" in s for s in r["seeds"])}
+    if not rows:
+        raise SystemExit(f"{path}: no run of the authors' loop in it (made without --baseline)")
+    for r in rows.values():
+        r["ours_minus_loop"] = paired_difference(r["seeds"])
+    table = difference_table(rows)
+    if table not in result.get("table", ""):
+        result["table"] = result.get("table", "") + "\n\n" + table
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--features", type=Path, required=True)
+    ap.add_argument("--features", type=Path)
+    ap.add_argument("--summarise", type=Path, metavar="RESULT",
+                    help="only add the paired ours - theirs differences to a --baseline result")
     ap.add_argument("--out", type=Path, default=Path("/tmp/duch-quality"))
     ap.add_argument("--bits", type=int, nargs="+", default=BITS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -78,6 +124,10 @@ def main() -> None:
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="more duchkit train options")
     args = ap.parse_args()
+    if args.summarise:
+        return summarise(args.summarise)
+    if args.features is None:
+        ap.error("--features is required")
     if args.baseline and args.protocol != "paper":
         ap.error("--baseline compares under the paper protocol (one caption per image)")
     archive = None
@@ -130,6 +180,7 @@ def main() -> None:
                       "beats_bar": all(mean[v][d] > BAR[v][d][j] for v in BAR
                                        for d in ("i2t", "t2i"))}
         if archive is not None:
+            rows[bits]["ours_minus_loop"] = paired_difference(per_seed)
             rows[bits]["beats_authors_loop"] = all(
                 mean[v][d] > mean["authors_loop"][v][d] for v in VARIANTS
                 for d in ("i2t", "t2i"))
@@ -154,6 +205,7 @@ def main() -> None:
             lines.append(f"| {bits} | " + " | ".join(
                 f"{m[v][d]:.3f} / {b[v][d]:.3f}" for v in VARIANTS
                 for d in ("i2t", "t2i")) + " |")
+        lines += ["", difference_table(rows)]
     table = "\n".join(lines)
     print(table)
     result = {"bench": "duch_quality", "device": "cpu", "protocol": args.protocol,
