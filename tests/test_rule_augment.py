@@ -232,6 +232,7 @@ def test_config_errors_name_the_field(tmp_path):
              ({"top_n": 0}, "top_n"),
              ({"choice": "first"}, "choice"),
              ({"variants": 3}, "variants"),
+             ({"allow_function_words": "yes"}, "allow_function_words"),
              ({"bertscore_model": "dir:" + str(tmp_path / "nomodel")}, "bertscore_model"),
              ({"tagger": "nltk", "tagger_model": str(tmp_path / "nodata")}, "tagger_model")]
     for values, field in cases:
