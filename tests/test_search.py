@@ -15,6 +15,8 @@ from pipelines.cli import main
 from pipelines.commands.search_cli import search
 from pipelines.stage import ConfigError
 
+KERNELS = ("compiled", "numpy")  # numba is a dependency: both CPU paths always run here
+
 DEMO_IMAGES = Path(__file__).resolve().parents[1] / "pipelines" / "demo" / "ucm" / "images"
 # 16 bits need more epochs than 32 on 52 training images (measured: 16 bits at 50 epochs
 # stopped near half the mAP it reaches at 100).
@@ -98,16 +100,43 @@ def test_rankings_identical_on_both_paths_with_many_ties():
         q_bits = np.concatenate([rng.random((9, bits)) < 0.5, db_bits[:1]])
         q, db = pack(q_bits), pack(db_bits)
         for k in (1, 10, 37, 700, 900):
-            idx_np, d_np = top_k_packed(q, db, k)
-            idx_t, d_t = top_k_torch(q_bits, db_bits, k, "cpu")
             full = hamming_packed(q, db)
             ref = rank(full, min(k, 700))
-            assert np.array_equal(idx_np, ref) and np.array_equal(idx_t, ref), (bits, k)
-            assert np.array_equal(d_np, d_t)
-            assert np.array_equal(d_np, np.take_along_axis(full, ref, 1))
+            idx_t, d_t = top_k_torch(q_bits, db_bits, k, "cpu")
+            assert np.array_equal(idx_t, ref), (bits, k)
+            assert np.array_equal(d_t, np.take_along_axis(full, ref, 1))
+            for kernel in KERNELS:
+                idx_np, d_np = top_k_packed(q, db, k, kernel=kernel)
+                assert np.array_equal(idx_np, ref), (bits, k, kernel)
+                assert np.array_equal(d_np, d_t) and d_np.dtype == np.int32
         # the tie rule: the 51 copies of item 0 come back at distance 0 in index order
-        idx, d = top_k_packed(q[-1:], db, 51)
-        assert idx[0].tolist() == [0] + list(range(350, 400)) and not d.any()
+        for kernel in KERNELS:
+            idx, d = top_k_packed(q[-1:], db, 51, kernel=kernel)
+            assert idx[0].tolist() == [0] + list(range(350, 400)) and not d.any()
+
+
+def test_compiled_kernel_equals_numpy_across_chunks_blocks_and_threads():
+    """Databases past several of the kernel's chunks, query counts that are not a multiple of
+    its query block, code lengths of 1-4 words (and one that pads a word), clustered codes
+    whose ties straddle chunk borders, every thread count: the same arrays as numpy's path."""
+    from hashing import hamming_kernel
+
+    rng = np.random.default_rng(11)
+    n = 3 * hamming_kernel.CHUNK + 517
+    for bits in (24, 64, 128, 256):
+        centres = rng.random((5, bits)) < 0.5
+        db_bits = centres[rng.integers(0, 5, n)] ^ (rng.random((n, bits)) < 0.03)
+        q_bits = np.concatenate([rng.random((hamming_kernel.QUERY_BLOCK + 3, bits)) < 0.5,
+                                 db_bits[rng.integers(0, n, 4)]])
+        q, db = pack(q_bits), pack(db_bits)
+        ref = top_k_packed(q, db, 50, kernel="numpy")
+        assert np.array_equal(ref[0], rank(hamming_packed(q, db), 50))
+        for threads in (1, 2, 3):
+            got = top_k_packed(q, db, 50, threads, kernel="compiled")
+            assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]), (bits, threads)
+    assert top_k_packed(q[:0], db, 5, kernel="compiled")[0].shape == (0, 5)
+    with pytest.raises(ValueError, match="kernel"):
+        top_k_packed(q, db, 5, kernel="faiss")
 
 
 AIRPLANE_CAPTION = "many planes are parked next to the terminal of an airport"

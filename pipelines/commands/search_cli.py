@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the encoders and the model run")
     p.add_argument("--backend", choices=["auto", "numpy", "torch"], default="auto",
-                   help="ranking path: numpy popcount (CPU) or torch +-1 matmul (GPU); "
+                   help="ranking path: numpy = packed XOR + popcount on the CPU (compiled "
+                   "with numba; plain numpy where numba is missing), torch = +-1 matmul (GPU); "
                    "auto = torch on CUDA, numpy otherwise")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_search)
