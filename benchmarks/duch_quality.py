@@ -5,6 +5,7 @@ REFERENCE.md (the authors' trainer on the same kind of features) and the paper's
     python benchmarks/duch_quality.py --features FEAT [--bits 16 32 64 128] [--seeds 0 1]
                                       [--epochs 100] [--protocol paper|all] [--baseline]
     python benchmarks/duch_quality.py --summarise RESULT   # paired differences of a result
+    python benchmarks/duch_quality.py --summarise R1 R2 --tag=-pooled   # seeds of R1 + R2
 
 protocol paper: one seeded caption per image for training and evaluation (the authors' setting,
 so the text database has one caption per retrieval image); all: all five captions. Model
@@ -92,8 +93,13 @@ def difference_table(rows: dict) -> str:
             "ahead)\n\n" + "\n".join(lines))
 
 
-def summarise(path: Path) -> None:
-    """Add the paired differences to an existing --baseline result file (no training)."""
+def summarise(paths: list[Path], tag: str = "") -> None:
+    """Add the paired differences to an existing --baseline result file (no training). With
+    several files (the same protocol, epochs and extra options; different seeds), pool their
+    seeds per bit length into duch_quality-<protocol><tag>-cpu.json and summarise that."""
+    if len(paths) > 1:
+        paths = [pool(paths, tag)]
+    path = paths[0]
     result = json.loads(path.read_text())
     rows = {b: r for b, r in result["results"].items()
             if all("authors_loop" in s for s in r["seeds"])}
@@ -108,11 +114,48 @@ def summarise(path: Path) -> None:
     print(table)
 
 
+def pool(paths: list[Path], tag: str) -> Path:
+    """One result holding the seeds of several runs of the same setting, their means redone."""
+    results = [json.loads(p.read_text()) for p in paths]
+    setting = {k: results[0][k] for k in ("protocol", "epochs", "extra", "baseline")}
+    for p, r in zip(paths, results):
+        if {k: r[k] for k in setting} != setting:
+            raise SystemExit(f"{p}: another setting than {paths[0]} ({setting}): not pooled")
+    rows = {}
+    for r in results:
+        for bits, row in r["results"].items():
+            into = rows.setdefault(bits, {**row, "seeds": []})
+            seen = {s["seed"] for s in into["seeds"]}
+            if seen & {s["seed"] for s in row["seeds"]}:
+                raise SystemExit(f"{bits} bits: a seed appears in two of the pooled files")
+            into["seeds"] += row["seeds"]
+    for row in rows.values():
+        seeds = row["seeds"]
+        row["mean"] = {v: {d: round(float(np.mean([s[v][d] for s in seeds])), 4)
+                           for d in ("i2t", "t2i")} for v in VARIANTS}
+        if all("authors_loop" in s for s in seeds):
+            row["mean"]["authors_loop"] = {v: {d: round(float(np.mean(
+                [s["authors_loop"][v][d] for s in seeds])), 4) for d in ("i2t", "t2i")}
+                for v in VARIANTS}
+            row["beats_authors_loop"] = all(row["mean"][v][d] > row["mean"]["authors_loop"][v][d]
+                                            for v in VARIANTS for d in ("i2t", "t2i"))
+        row["beats_bar"] = all(row["mean"][v][d] > row["bar"][v][d] for v in BAR
+                               for d in ("i2t", "t2i"))
+    out = ROOT / "benchmarks" / "results" / f"duch_quality-{setting['protocol']}{tag}-cpu.json"
+    out.write_text(json.dumps({"bench": "duch_quality", "device": "cpu", **setting,
+                               "seeds": sorted({s["seed"] for r in rows.values()
+                                                for s in r["seeds"]}),
+                               "pooled_from": [p.name for p in paths], "results": rows,
+                               "table": ""}, indent=2) + "\n")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", type=Path)
-    ap.add_argument("--summarise", type=Path, metavar="RESULT",
-                    help="only add the paired ours - theirs differences to a --baseline result")
+    ap.add_argument("--summarise", type=Path, nargs="+", metavar="RESULT",
+                    help="only add the paired ours - theirs differences to a --baseline result; "
+                    "several results of one setting are pooled (into the --tag file)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/duch-quality"))
     ap.add_argument("--bits", type=int, nargs="+", default=BITS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -125,7 +168,7 @@ def main() -> None:
                     help="more duchkit train options")
     args = ap.parse_args()
     if args.summarise:
-        return summarise(args.summarise)
+        return summarise(args.summarise, args.tag)
     if args.features is None:
         ap.error("--features is required")
     if args.baseline and args.protocol != "paper":
