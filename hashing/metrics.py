@@ -93,10 +93,11 @@ def evaluate_direction(query: np.ndarray, database: np.ndarray, q_labels: np.nda
 
 
 def map_at_k_torch(query: torch.Tensor, database: torch.Tensor, q_labels: torch.Tensor,
-                   db_labels: torch.Tensor, k: int = 20, variant: str = "standard") -> torch.Tensor:
+                   db_labels: torch.Tensor, k: int = 20, variant: str = "standard",
+                   per_query: bool = False) -> torch.Tensor:
     """mAP@k ("standard" or "ir") on the device from continuous codes (signs taken here);
-    returns a 0-d tensor, so model selection during training needs one host sync per
-    evaluation, not per batch."""
+    returns a 0-d tensor (or, with `per_query`, each query's AP), so model selection during
+    training needs one host sync per evaluation, not per batch."""
     qs = torch.where(query >= 0, 1.0, -1.0)
     ds = torch.where(database >= 0, 1.0, -1.0)
     k_bits = qs.shape[1]
@@ -109,4 +110,4 @@ def map_at_k_torch(query: torch.Tensor, database: torch.Tensor, q_labels: torch.
     else:
         denom = (q_labels[:, None] == db_labels[None, :]).sum(1).float().clamp(max=k)
     ap = torch.where(denom > 0, (precision * rel).sum(1) / denom.clamp(min=1), 0.0)
-    return ap.mean()
+    return ap if per_query else ap.mean()

@@ -59,7 +59,8 @@ def encode(net: torch.nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Te
 
 
 def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.Tensor:
-    """Mean of I->T and T->I mAP@k ("ir") of the validation queries against `database`.
+    """Mean of I->T and T->I mAP@k ("ir") of the validation queries against `database`, and its
+    standard error over the queries: a tensor [2] (one host sync reads both).
 
     Each side is (images [n, d], their labels [n], captions [r, d], their labels [r]). The
     database is the validation slice plus (a sample of) the train part: a validation slice is
@@ -73,8 +74,10 @@ def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.
     dl, dlt = torch.cat([ql, dl]), torch.cat([qlt, dlt])
     # selection uses the "ir" normalisation: it also charges the relevant items an epoch leaves
     # out of the top k, where "standard" would score a lone hit at rank 1 as a perfect query
-    return (map_at_k_torch(hqi, hdt, ql, dlt, k, "ir")
-            + map_at_k_torch(hqt, hdi, qlt, dl, k, "ir")) / 2
+    i2t = map_at_k_torch(hqi, hdt, ql, dlt, k, "ir", per_query=True)
+    t2i = map_at_k_torch(hqt, hdi, qlt, dl, k, "ir", per_query=True)
+    se = (i2t.var() / len(i2t) + t2i.var() / len(t2i)).sqrt() / 2
+    return torch.stack([(i2t.mean() + t2i.mean()) / 2, se])
 
 
 VAL_DB_TRAIN = 1000  # train images added to the validation database (one caption each)
@@ -82,7 +85,8 @@ VAL_DB_TRAIN = 1000  # train images added to the validation database (one captio
 
 def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume: bool = False,
           log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
-    """Train DUCH on the train split of `feats`; returns the validation-selected model.
+    """Train DUCH on the train split of `feats`; returns the validation-selected model (the
+    latest epoch within `cfg.selection_se` standard errors of the best validation mAP).
 
     `run_dir` receives `checkpoint.pt` every `checkpoint_every` epochs; `resume` continues from
     it. `stop_after` ends the run after that many epochs (an interruption, for tests)."""
@@ -137,7 +141,10 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     B = torch.randint(0, 2, (n, cfg.bits), generator=gen, device=device).float() * 2 - 1
     H = torch.zeros(4, n, cfg.bits, device=device)  # image, image_aug, text, text_aug
     w = cfg.weights()
+    # selection: (top_map, top_se) is the best validation mAP so far and its standard error;
+    # (best_epoch, best_map, best_state) the epoch kept, the latest within selection_se of it
     start_epoch, best_epoch, best_map, best_state, history = 0, -1, -1.0, None, []
+    top_map, top_se = -1.0, 0.0
 
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
@@ -155,6 +162,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         random.setstate(ck["python_rng"])
         start_epoch, best_epoch, best_map = ck["epoch"] + 1, ck["best_epoch"], ck["best_map"]
         best_state, history = ck["best_state"], ck["history"]
+        top_map, top_se = ck.get("top_map", best_map), ck.get("top_se", 0.0)
         log(f"resumed from {ckpt_path} after epoch {ck['epoch'] + 1}")
 
     image_net, text_net, disc = model.image, model.text, model.discriminator
@@ -205,9 +213,13 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                         "quantisation", "bit_balance"), sums.tolist()))
         row.update(epoch=epoch + 1, lr=cfg.lr * lr_scale)
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            val = validation_map(model, val_query, val_database, cfg.map_k).item()
-            row["val_map"] = val
-            if val > best_map:  # selection on the validation slice only
+            val, se = validation_map(model, val_query, val_database, cfg.map_k).tolist()
+            row["val_map"], row["val_se"] = val, se
+            if val > top_map:  # selection on the validation slice only
+                top_map, top_se = val, se
+            # the latest epoch within selection_se standard errors of the best (module config):
+            # the kept epoch is always at or after the best one, since the best qualifies
+            if val >= top_map - cfg.selection_se * top_se:
                 best_map, best_epoch = val, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(row)
@@ -221,6 +233,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                         "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
                         "python_rng": random.getstate(), "best_epoch": best_epoch,
                         "best_map": best_map, "best_state": best_state, "history": history,
+                        "top_map": top_map, "top_se": top_se,
                         "splits": {k: v.tolist() for k, v in splits.items()}}, tmp)
             tmp.replace(ckpt_path)
 

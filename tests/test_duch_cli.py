@@ -122,7 +122,9 @@ def test_every_train_option_reaches_the_config():
     args = build_parser().parse_args(
         ["train", "--images", "i", "--texts", "t", "--out", "o", "--device", "cpu",
          "--weight-decay", "1e-3", "--lr-decay", "0.5", "--weights-ref-bits", "0", "--tau", "0.5",
-         "--loss-reduction", "sum", "--captions-per-image", "1", "--alpha", "0.02"])
+         "--loss-reduction", "sum", "--captions-per-image", "1", "--alpha", "0.02",
+         "--selection-se", "0"])
     cfg = _config(args)
     assert (cfg.weight_decay, cfg.lr_decay, cfg.weights_ref_bits, cfg.tau, cfg.reduction,
-            cfg.captions_per_image, cfg.alpha) == (1e-3, 0.5, 0, 0.5, "sum", 1, 0.02)
+            cfg.captions_per_image, cfg.alpha, cfg.selection_se) == (1e-3, 0.5, 0, 0.5, "sum",
+                                                                     1, 0.02, 0.0)

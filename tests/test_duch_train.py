@@ -92,7 +92,25 @@ def test_training_learns_class_structure(feats):
 
     assert i2t(r) > 0.8
     assert i2t(r) > i2t(untrained) + 0.3
-    assert r.best_epoch == max(range(len(r.history)), key=lambda e: r.history[e]["val_map"]) + 1
+    # the kept epoch: the latest within one standard error of the best validation mAP
+    val = [row["val_map"] for row in r.history]
+    top = int(np.argmax(val))
+    within = [e for e, v in enumerate(val) if v >= val[top] - r.history[top]["val_se"]]
+    assert r.best_epoch == max(within) + 1 >= top + 1
+    assert r.best_val_map == val[r.best_epoch - 1] and r.history[top]["val_se"] > 0
+
+
+def test_selection_se_zero_keeps_the_best_epoch_and_a_wide_tolerance_the_last(feats):
+    cfg = dataclasses.replace(SMALL, epochs=6)
+    best = train(dataclasses.replace(cfg, selection_se=0.0), feats, **QUIET)
+    val = [row["val_map"] for row in best.history]
+    assert best.best_epoch == max(e for e, v in enumerate(val) if v == max(val)) + 1
+    assert torch.equal(codes(best, feats), codes(train(dataclasses.replace(
+        cfg, selection_se=0.0), feats, **QUIET), feats))
+    last = train(dataclasses.replace(cfg, selection_se=1e6), feats, **QUIET)
+    assert last.history == best.history and last.best_epoch == 6  # training is the same
+    with pytest.raises(ValueError, match="selection_se"):
+        train(dataclasses.replace(cfg, selection_se=-1.0), feats, **QUIET)
 
 
 def test_bad_input_is_refused(feats):

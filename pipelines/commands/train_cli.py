@@ -63,6 +63,9 @@ def add_parsers(sub) -> None:
                    "protocol, one seeded caption per image for training and evaluation")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="validation mAP every N epochs (model selection)")
+    p.add_argument("--selection-se", type=float, default=d.selection_se,
+                   help="keep the latest epoch whose validation mAP is within this many standard "
+                   "errors of the best (the one-standard-error rule); 0 = the best epoch")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="save checkpoint.pt every N epochs (and at the end); a 4096-wide "
                    "model's checkpoint is ~110 MB, so N = 1 writes that much per epoch")
@@ -102,7 +105,7 @@ def _config(args) -> "TrainConfig":
                       weights_ref_bits=args.weights_ref_bits, weight_decay=args.weight_decay,
                       captions_per_image=args.captions_per_image, eval_every=args.eval_every,
                       map_k=args.k, compile=args.compile, amp=args.amp,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, selection_se=args.selection_se)
     cfg = cfg.with_ablation(args.ablation)
     try:
         return cfg.validate()
@@ -182,7 +185,7 @@ def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
         "has_labels": archive.has_labels, "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map, "train_seconds": round(result.seconds, 3),
         "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history})
-    say(f"trained {cfg.bits} bits, best epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
+    say(f"trained {cfg.bits} bits, selected epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
         f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
     return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair",
                         echo=say is print)
