@@ -58,6 +58,12 @@ def encode(net: torch.nn.Module, x: torch.Tensor, batch: int = 8192) -> torch.Te
     return out
 
 
+def variance_of_mean(x: torch.Tensor) -> torch.Tensor:
+    """Squared standard error of x's mean; 0 for a single value, which has no spread to measure
+    (so a one-image validation slice selects the plain best epoch)."""
+    return x.var() / len(x) if len(x) > 1 else x.new_zeros(())
+
+
 def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.Tensor:
     """Mean of I->T and T->I mAP@k ("ir") of the validation queries against `database`, and its
     standard error over the queries: a tensor [2] (one host sync reads both).
@@ -76,7 +82,7 @@ def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.
     # out of the top k, where "standard" would score a lone hit at rank 1 as a perfect query
     i2t = map_at_k_torch(hqi, hdt, ql, dlt, k, "ir", per_query=True)
     t2i = map_at_k_torch(hqt, hdi, qlt, dl, k, "ir", per_query=True)
-    se = (i2t.var() / len(i2t) + t2i.var() / len(t2i)).sqrt() / 2
+    se = (variance_of_mean(i2t) + variance_of_mean(t2i)).sqrt() / 2
     return torch.stack([(i2t.mean() + t2i.mean()) / 2, se])
 
 

@@ -111,6 +111,12 @@ def test_selection_se_zero_keeps_the_best_epoch_and_a_wide_tolerance_the_last(fe
     assert last.history == best.history and last.best_epoch == 6  # training is the same
     with pytest.raises(ValueError, match="selection_se"):
         train(dataclasses.replace(cfg, selection_se=-1.0), feats, **QUIET)
+    # a one-image validation slice has no standard error: the rule falls back to the best epoch
+    tiny = class_structured(n_images=22, n_classes=2, image_dim=32, text_dim=24, seed=1)
+    one = train(dataclasses.replace(cfg, batch_size=8, captions_per_image=1), tiny, **QUIET)
+    assert len(one.splits["val"]) == 1 and all(row["val_se"] == 0 for row in one.history)
+    val = [row["val_map"] for row in one.history]
+    assert one.best_epoch == max(e for e, v in enumerate(val) if v == max(val)) + 1
 
 
 def test_bad_input_is_refused(feats):
