@@ -80,6 +80,29 @@ def paired_difference(per_seed: list[dict]) -> dict:
     return out
 
 
+def cell(per_seed: list[dict], bits: int) -> dict:
+    """One bit length's row of a result: the per-seed figures, their means, the bar and the
+    paper's figure beside them, and, where every seed also ran the authors' loop, its means and
+    the paired differences."""
+    j = BITS.index(bits)
+
+    def means(of):
+        return {v: {d: round(float(np.mean([of(s)[v][d] for s in per_seed])), 4)
+                    for d in ("i2t", "t2i")} for v in VARIANTS}
+
+    mean = means(lambda s: s)
+    row = {"mean": mean, "seeds": per_seed,
+           "bar": {v: {d: BAR[v][d][j] for d in ("i2t", "t2i")} for v in BAR},
+           "paper_table_iv": {d: PAPER[d][j] for d in ("i2t", "t2i")},
+           "beats_bar": all(mean[v][d] > BAR[v][d][j] for v in BAR for d in ("i2t", "t2i"))}
+    if all("authors_loop" in s for s in per_seed):
+        mean["authors_loop"] = means(lambda s: s["authors_loop"])
+        row["ours_minus_loop"] = paired_difference(per_seed)
+        row["beats_authors_loop"] = all(mean[v][d] > mean["authors_loop"][v][d]
+                                        for v in VARIANTS for d in ("i2t", "t2i"))
+    return row
+
+
 def difference_table(rows: dict) -> str:
     lines = ["| bits | " + " | ".join(f"{d.replace('2', '->').upper()} {v}" for v in VARIANTS
                                       for d in ("i2t", "t2i")) + " |",
@@ -124,23 +147,11 @@ def pool(paths: list[Path], tag: str) -> Path:
     rows = {}
     for r in results:
         for bits, row in r["results"].items():
-            into = rows.setdefault(bits, {**row, "seeds": []})
-            seen = {s["seed"] for s in into["seeds"]}
-            if seen & {s["seed"] for s in row["seeds"]}:
+            seeds = rows.setdefault(bits, [])
+            if {s["seed"] for s in seeds} & {s["seed"] for s in row["seeds"]}:
                 raise SystemExit(f"{bits} bits: a seed appears in two of the pooled files")
-            into["seeds"] += row["seeds"]
-    for row in rows.values():
-        seeds = row["seeds"]
-        row["mean"] = {v: {d: round(float(np.mean([s[v][d] for s in seeds])), 4)
-                           for d in ("i2t", "t2i")} for v in VARIANTS}
-        if all("authors_loop" in s for s in seeds):
-            row["mean"]["authors_loop"] = {v: {d: round(float(np.mean(
-                [s["authors_loop"][v][d] for s in seeds])), 4) for d in ("i2t", "t2i")}
-                for v in VARIANTS}
-            row["beats_authors_loop"] = all(row["mean"][v][d] > row["mean"]["authors_loop"][v][d]
-                                            for v in VARIANTS for d in ("i2t", "t2i"))
-        row["beats_bar"] = all(row["mean"][v][d] > row["bar"][v][d] for v in BAR
-                               for d in ("i2t", "t2i"))
+            seeds += row["seeds"]
+    rows = {bits: cell(seeds, int(bits)) for bits, seeds in rows.items()}
     out = ROOT / "benchmarks" / "results" / f"duch_quality-{setting['protocol']}{tag}-cpu.json"
     out.write_text(json.dumps({"bench": "duch_quality", "device": "cpu", **setting,
                                "seeds": sorted({s["seed"] for r in rows.values()
@@ -210,23 +221,7 @@ def main() -> None:
                                                                    bits, seed, args.epochs)
             print(json.dumps({"bits": bits, **per_seed[-1]}), f"({time.perf_counter() - t:.0f} s)",
                   flush=True)
-        j = BITS.index(bits)
-        mean = {v: {d: round(float(np.mean([s[v][d] for s in per_seed])), 4)
-                    for d in ("i2t", "t2i")} for v in VARIANTS}
-        if archive is not None:
-            mean["authors_loop"] = {v: {d: round(float(np.mean(
-                [s["authors_loop"][v][d] for s in per_seed])), 4) for d in ("i2t", "t2i")}
-                for v in VARIANTS}
-        rows[bits] = {"mean": mean, "seeds": per_seed,
-                      "bar": {v: {d: BAR[v][d][j] for d in ("i2t", "t2i")} for v in BAR},
-                      "paper_table_iv": {d: PAPER[d][j] for d in ("i2t", "t2i")},
-                      "beats_bar": all(mean[v][d] > BAR[v][d][j] for v in BAR
-                                       for d in ("i2t", "t2i"))}
-        if archive is not None:
-            rows[bits]["ours_minus_loop"] = paired_difference(per_seed)
-            rows[bits]["beats_authors_loop"] = all(
-                mean[v][d] > mean["authors_loop"][v][d] for v in VARIANTS
-                for d in ("i2t", "t2i"))
+        rows[bits] = cell(per_seed, bits)
     lines = ["| bits | I->T std (ours / bar) | T->I std (ours / bar) | I->T authors (ours / bar) "
              "| T->I authors (ours / bar) | paper I->T / T->I |", "|---|---|---|---|---|---|"]
     for bits, r in rows.items():
