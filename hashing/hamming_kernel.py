@@ -18,6 +18,9 @@ numba; `available()` says which one runs.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
@@ -25,6 +28,7 @@ from numba.extending import intrinsic
 QUERY_BLOCK = 16  # queries that share each chunk of codes while it is in cache
 CHUNK = 2048  # codes per chunk: 16 KiB of one 64-bit word, a quarter of this L1 cache
 _FAR = np.int32(1 << 30)  # larger than any distance: the empty slots of a top-k list
+_WORKQUEUE_LOCK = threading.Lock()
 
 
 @intrinsic
@@ -107,6 +111,21 @@ def _top_k(queries, columns, k, block, idx_out, dist_out):
         dist_out[first:first + m] = top_d
 
 
+def _exclusive_if_needed():
+    """A lock around the parallel call where numba runs on its workqueue threading layer (no
+    OpenMP or TBB on the machine): that layer aborts the whole process when two Python threads
+    enter parallel code at once, as a threaded server calling search would. OpenMP and TBB are
+    safe to enter concurrently, so there calls stay concurrent. Before the first parallel call
+    numba has not chosen its layer yet; the lock covers that call too."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet in this process
+        return _WORKQUEUE_LOCK
+    return _WORKQUEUE_LOCK if layer == "workqueue" else contextlib.nullcontext()
+
+
 def top_k_words(queries: np.ndarray, columns: np.ndarray, k: int, threads: int):
     """Top-k (indices int64, distances int32) of uint64 query words [Q, W] against the database
     as word columns [W, N] (contiguous), 1 <= k <= N, on `threads` numba threads."""
@@ -117,10 +136,11 @@ def top_k_words(queries: np.ndarray, columns: np.ndarray, k: int, threads: int):
     threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
     # small query batches: spread them over the threads rather than one block on one thread
     block = max(1, min(QUERY_BLOCK, -(-queries.shape[0] // threads)))
-    before = numba.get_num_threads()
+    before = numba.get_num_threads()  # numba's thread count is per calling thread
     numba.set_num_threads(threads)
     try:
-        _top_k(np.ascontiguousarray(queries), columns, k, block, idx, dist)
+        with _exclusive_if_needed():
+            _top_k(np.ascontiguousarray(queries), columns, k, block, idx, dist)
     finally:
         numba.set_num_threads(before)
     return idx, dist

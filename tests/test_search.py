@@ -139,6 +139,43 @@ def test_compiled_kernel_equals_numpy_across_chunks_blocks_and_threads():
         top_k_packed(q, db, 5, kernel="faiss")
 
 
+CONCURRENT_CALLS = """
+import threading
+import numpy as np
+from hashing.retrieval import top_k_packed
+rng = np.random.default_rng(0)
+db = rng.integers(0, 256, (50_000, 16), dtype=np.uint8)
+q = rng.integers(0, 256, (40, 16), dtype=np.uint8)
+ref = top_k_packed(q, db, 20, kernel="numpy")
+bad = []
+def work():
+    for _ in range(15):
+        got = top_k_packed(q, db, 20, threads=2, kernel="compiled")
+        bad.extend([] if all(np.array_equal(g, r) for g, r in zip(got, ref)) else [1])
+threads = [threading.Thread(target=work) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("mismatches", len(bad))
+"""
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "default"])
+def test_compiled_kernel_survives_concurrent_calls_from_python_threads(layer):
+    """A threaded caller (a server answering searches) enters the kernel from several Python
+    threads at once. numba's workqueue layer, the one used where neither OpenMP nor TBB is
+    installed, aborts the process on that; the kernel serialises its calls there. In a child
+    process, since the failure is an abort."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    done = subprocess.run([sys.executable, "-c", CONCURRENT_CALLS], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "mismatches 0", done.stdout
+
+
 AIRPLANE_CAPTION = "many planes are parked next to the terminal of an airport"
 
 
