@@ -12,6 +12,9 @@ ours (cuda): +-1 fp16 matmul on the GPU, top-k over (distance, index) keys (hash
 baseline:    the authors' evaluation pattern: per query, +-1 float distances to every code and a
              full sort (timed on a subset of queries; it is a per-query rate).
 faiss:       IndexBinaryFlat, reported beside when faiss is installed (not a dependency).
+Latency (cpu): median milliseconds of one query at a time (what `duchkit search` sends), ours
+             (the database cut into a slice per thread), ours with one slice (one thread, as
+             before slicing) and faiss.
 Equivalence: ours and the baseline return identical top-20 indices under the stated tie rule
 (lower index first at equal distance); faiss must return the same distances.
 """
@@ -51,6 +54,16 @@ def gpu_search(q_signs: torch.Tensor, db_signs: torch.Tensor, chunk: int = 1000)
     return torch.cat(out)
 
 
+def single_query_ms(search, queries: np.ndarray) -> float:
+    """Median wall time of searching the queries one at a time, in milliseconds."""
+    times = []
+    for i in range(len(queries)):
+        t = time.perf_counter()
+        search(queries[i:i + 1])
+        times.append(time.perf_counter() - t)
+    return round(1e3 * float(np.median(times)), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -88,12 +101,25 @@ def main() -> None:
         np_idx, _ = top_k_packed(q[:n_np], db, K, kernel="numpy")
         numpy_rate = round(n_np / (time.perf_counter() - t), 1)
         identical = identical and bool((np_idx == ours_idx[:n_np]).all())
+        from hashing.hamming_kernel import top_k_words
+        from hashing.retrieval import code_words
+
+        columns = np.ascontiguousarray(code_words(db).T)
+        single = q[:50]
+        one_by_one = np.concatenate([top_k_packed(single[i:i + 1], db, K)[0] for i in range(50)])
+        identical = identical and bool((one_by_one == ours_idx[:50]).all())
+        latency = {
+            "ours_single_query_ms": single_query_ms(lambda x: top_k_packed(x, db, K), single),
+            "ours_one_slice_single_query_ms": single_query_ms(
+                lambda x: top_k_words(code_words(x), columns, K, 1, parts=1), single)}
 
     result = {"bench": "hamming_search", "device": args.device, "n": n_db, "queries": n_q,
               "bits": 64, "k": K, "ours_per_s": round(1 / ours_s, 1),
               "baseline_per_s": round(1 / base_s, 1), "ratio": round(base_s / ours_s, 2),
               "ours_numpy_per_s": numpy_rate,
               "identical_top20": identical, "units": "queries/s"}
+    if args.device == "cpu":
+        result.update(latency)
     try:
         import faiss
 
@@ -106,6 +132,8 @@ def main() -> None:
         result["faiss_same_distances"] = bool((np.sort(fd, 1) == np.sort(our_d, 1)).all())
         result["faiss_threads"] = faiss.omp_get_max_threads()
         result["ours_over_faiss"] = round(result["ours_per_s"] / result["faiss_per_s"], 2)
+        if args.device == "cpu":
+            result["faiss_single_query_ms"] = single_query_ms(lambda x: index.search(x, K), q[:50])
     except ImportError:
         result["faiss_per_s"] = None
     out = ROOT / "benchmarks" / "results" / f"hamming_search-{args.device}.json"

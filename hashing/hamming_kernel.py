@@ -6,7 +6,9 @@ minimum over a cache-sized chunk of codes, which LLVM vectorises (AVX2 where the
 and only a chunk whose minimum beats a query's current k-th distance is merged into that query's
 sorted top-k list. At 1M random 64-bit codes that is a merge for a few percent of chunks once
 the first ones have set the bound. Queries are blocked (`QUERY_BLOCK` per task) so a chunk is
-reused from cache by several queries, and blocks run in parallel over numba's threads.
+reused from cache by several queries, and blocks run in parallel over numba's threads. With
+fewer blocks than threads (one query) the database is also cut into slices, one task each, and
+the slices' top-k lists are merged.
 
 Tie rule (hashing.retrieval): equal distances rank by database index, lowest first. Codes are
 visited in index order and a code enters a query's list only when strictly nearer than its
@@ -27,6 +29,8 @@ from numba.extending import intrinsic
 
 QUERY_BLOCK = 16  # queries that share each chunk of codes while it is in cache
 CHUNK = 2048  # codes per chunk: 16 KiB of one 64-bit word, a quarter of this L1 cache
+SLICE_CHUNKS = 64  # least chunks per database slice (131k codes): less work than that is not
+# worth waking another thread for
 _FAR = np.int32(1 << 30)  # larger than any distance: the empty slots of a top-k list
 _WORKQUEUE_LOCK = threading.Lock()
 
@@ -93,22 +97,30 @@ def _merge(dist, n, start, top_d, top_i):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _top_k(queries, columns, k, block, idx_out, dist_out):
+def _top_k(queries, columns, k, block, parts, idx_out, dist_out):
+    """Top-k lists of each query block against each of `parts` equal slices of the database
+    (one task per block x slice), into idx_out/dist_out [Q, parts, k]. Slices are whole chunks,
+    so a slice's lists are what one pass over it gives."""
     n_queries = queries.shape[0]
     n = columns.shape[1]
-    for b in prange((n_queries + block - 1) // block):
+    n_blocks = (n_queries + block - 1) // block
+    chunks = (n + CHUNK - 1) // CHUNK
+    per_part = (chunks + parts - 1) // parts * CHUNK
+    for task in prange(n_blocks * parts):
+        b, part = task // parts, task % parts
         first = b * block
         m = min(n_queries, first + block) - first
+        lo, hi = min(n, part * per_part), min(n, (part + 1) * per_part)
         top_d = np.full((m, k), _FAR, np.int32)
         top_i = np.full((m, k), -1, np.int64)
         dist = np.empty(CHUNK, np.int32)
-        for start in range(0, n, CHUNK):
-            stop = min(n, start + CHUNK)
+        for start in range(lo, hi, CHUNK):
+            stop = min(hi, start + CHUNK)
             for a in range(m):
                 if _chunk_distances(columns, queries[first + a], start, stop, dist) < top_d[a, k - 1]:
                     _merge(dist, stop - start, start, top_d[a], top_i[a])
-        idx_out[first:first + m] = top_i
-        dist_out[first:first + m] = top_d
+        idx_out[first:first + m, part] = top_i
+        dist_out[first:first + m, part] = top_d
 
 
 def _exclusive_if_needed():
@@ -126,21 +138,35 @@ def _exclusive_if_needed():
     return _WORKQUEUE_LOCK if layer == "workqueue" else contextlib.nullcontext()
 
 
-def top_k_words(queries: np.ndarray, columns: np.ndarray, k: int, threads: int):
+def top_k_words(queries: np.ndarray, columns: np.ndarray, k: int, threads: int,
+                parts: int | None = None):
     """Top-k (indices int64, distances int32) of uint64 query words [Q, W] against the database
-    as word columns [W, N] (contiguous), 1 <= k <= N, on `threads` numba threads."""
+    as word columns [W, N] (contiguous), 1 <= k <= N, on `threads` numba threads, with the
+    database cut into `parts` slices (default: enough to give every thread a task)."""
     import numba
 
-    idx = np.empty((queries.shape[0], k), np.int64)
-    dist = np.empty((queries.shape[0], k), np.int32)
+    n_queries, n = queries.shape[0], columns.shape[1]
     threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
-    # small query batches: spread them over the threads rather than one block on one thread
-    block = max(1, min(QUERY_BLOCK, -(-queries.shape[0] // threads)))
+    # small query batches: spread them over the threads rather than one block on one thread;
+    # fewer blocks than threads (a single query, as `duchkit search` sends) also split the
+    # database into slices, so one query uses every thread
+    block = max(1, min(QUERY_BLOCK, -(-n_queries // threads)))
+    n_blocks = -(-n_queries // block)
+    if parts is None:
+        parts = max(1, min(threads // n_blocks, -(-n // (CHUNK * SLICE_CHUNKS))))
+    idx = np.empty((n_queries, parts, k), np.int64)
+    dist = np.empty((n_queries, parts, k), np.int32)
     before = numba.get_num_threads()  # numba's thread count is per calling thread
     numba.set_num_threads(threads)
     try:
         with _exclusive_if_needed():
-            _top_k(np.ascontiguousarray(queries), columns, k, block, idx, dist)
+            _top_k(np.ascontiguousarray(queries), columns, k, block, parts, idx, dist)
     finally:
         numba.set_num_threads(before)
-    return idx, dist
+    if parts == 1:
+        return idx.reshape(n_queries, k), dist.reshape(n_queries, k)
+    # slices hold increasing indices and each list is sorted by (distance, index): a stable
+    # sort of the concatenated lists by distance keeps the tie rule; empty slots sort last
+    idx, dist = idx.reshape(n_queries, -1), dist.reshape(n_queries, -1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)

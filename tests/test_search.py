@@ -134,6 +134,22 @@ def test_compiled_kernel_equals_numpy_across_chunks_blocks_and_threads():
         for threads in (1, 2, 3):
             got = top_k_packed(q, db, 50, threads, kernel="compiled")
             assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]), (bits, threads)
+            # one or two queries: the database is cut into slices whose lists are merged; the
+            # clustered queries' ties cross slice borders
+            for rows in ([0], [-1], [-2, -1]):
+                got = top_k_packed(q[rows], db, 50, threads, kernel="compiled")
+                assert np.array_equal(got[0], ref[0][rows]), (bits, threads, rows)
+                assert np.array_equal(got[1], ref[1][rows]), (bits, threads, rows)
+    # slice counts beyond this machine's threads (the default follows the thread count),
+    # including empty slices and k above a slice's size
+    from hashing.retrieval import code_words
+
+    columns = np.ascontiguousarray(code_words(db).T)
+    for parts in (3, 4, 7):
+        for k in (50, 2 * hamming_kernel.CHUNK):
+            ref = top_k_packed(q[:5], db, k, kernel="numpy")
+            got = hamming_kernel.top_k_words(code_words(q[:5]), columns, k, 2, parts)
+            assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]), (parts, k)
     assert top_k_packed(q[:0], db, 5, kernel="compiled")[0].shape == (0, 5)
     with pytest.raises(ValueError, match="kernel"):
         top_k_packed(q, db, 5, kernel="faiss")
