@@ -258,6 +258,52 @@ def test_cpu_and_gpu_paths_rank_identically_on_the_real_run(ucm_runs, query, tar
     assert len(set(dists)) < full  # ties exist and were ordered the same way
 
 
+def test_several_queries_in_one_call_equal_one_call_each(ucm_runs, tmp_path, capsys):
+    """--text-file and several --image files: the encoders load once and the queries are
+    ranked together, with exactly the results of one search per query."""
+    from pipelines.commands.search_cli import read_text_file, search_many
+
+    run = ucm_runs[32]
+    captions = [AIRPLANE_CAPTION, "a beach with blue sea water and white sand",
+                "many green trees in a dense forest"]
+    queries = tmp_path / "queries.txt"
+    queries.write_text(captions[0] + "\n\n" + "\n".join(captions[1:]) + "\n")
+    assert main(["search", "--run", str(run), "--text-file", str(queries), "--k", "7",
+                 "--target", "captions", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3  # one JSON object per query, blank line skipped
+    for caption, line in zip(captions, lines):
+        got = json.loads(line)
+        assert got["query"] == {"text": caption}
+        assert got == search(run, text=caption, k=7, target="captions")
+
+    images = [DEMO_IMAGES / "airplane" / "airplane00.jpg", DEMO_IMAGES / "beach" / "beach00.jpg"]
+    many = search_many(run, images=images, k=5, target="images")
+    assert [r["results"] for r in many] == [search(run, image=p, k=5, target="images")["results"]
+                                            for p in images]
+    assert main(["search", "--run", str(run), "--image", *map(str, images), "--k", "3"]) == 0
+    assert capsys.readouterr().out.count("top 3 captions") == 2  # a table per query
+    queries.write_text(captions[1] + "\n")  # a query file of one line: still JSON lines
+    assert main(["search", "--run", str(run), "--text-file", str(queries), "--json"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+
+    # a bad line is named by file and line, before any encoder is loaded
+    queries.write_text(AIRPLANE_CAPTION + "\n?! ...\n")
+    texts, names = read_text_file(queries)
+    assert names == [f"{queries} line 1", f"{queries} line 2"]
+    with pytest.raises(ConfigError, match=r"queries.txt line 2 '\?! \.\.\.' is empty after"):
+        search_many(run, texts, names=names)
+    assert main(["search", "--run", str(run), "--text-file", str(queries)]) == 2
+    assert "line 2" in capsys.readouterr().err
+    queries.write_text("\n  \n")
+    assert main(["search", "--run", str(run), "--text-file", str(queries)]) == 2
+    assert "holds no caption" in capsys.readouterr().err
+    assert main(["search", "--run", str(run), "--text-file", str(tmp_path / "none.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="is not a file"):
+        search_many(run, images=[images[0], tmp_path / "missing.jpg"])
+
+
 def test_search_errors_name_the_problem(ucm_runs, tmp_path, capsys):
     run = ucm_runs[32]
     empty = tmp_path / "not-a-run"

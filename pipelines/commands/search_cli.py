@@ -2,6 +2,12 @@
 
     duchkit search --run RUN --text "many planes parked at the airport" [--k 10]
     duchkit search --run RUN --image photo.tif [--target images|captions] [--json]
+    duchkit search --run RUN --text-file queries.txt [--json]     # one caption per line
+    duchkit search --run RUN --image a.tif b.tif c.tif
+
+Several queries in one call load the encoders and the model once, embed the queries in
+batches and rank them in one pass over the codes; the results come per query (with --json,
+one JSON object per line for --text-file or several images).
 
 The query is embedded exactly as the run's archive was: the text encoder, pooling and
 preprocessing come from the text embedding stage's manifest (run.json "inputs" names the stage
@@ -33,7 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--run", type=Path, required=True, help="run folder of duchkit train")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="a query caption")
-    q.add_argument("--image", type=Path, help="a query image file")
+    q.add_argument("--text-file", type=Path,
+                   help="query captions, one per line (blank lines skipped)")
+    q.add_argument("--image", type=Path, nargs="+", help="query image file(s)")
     p.add_argument("--k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--target", choices=["images", "captions"], default=None,
                    help="what to retrieve (default: the other modality)")
@@ -43,7 +51,8 @@ def add_parser(sub) -> None:
                    help="ranking path: numpy = packed XOR + popcount on the CPU (compiled "
                    "with numba; plain numpy where numba is missing), torch = +-1 matmul (GPU); "
                    "auto = torch on CUDA, numpy otherwise")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON (several queries: one object per line)")
     p.set_defaults(func=cmd_search)
 
 
@@ -118,31 +127,41 @@ def caption_texts(texts_dir: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the query
 
-def embed_text(text: str, texts_dir: Path, device: str) -> np.ndarray:
-    """The caption embedding as the embed-texts stage made the archive's."""
+def embed_texts(texts: list[str], names: list[str], texts_dir: Path,
+                device: str) -> np.ndarray:
+    """Caption embeddings [Q, D] as the embed-texts stage made the archive's; `names` say
+    where each caption came from (--text, FILE line N) for the errors."""
     from pipelines.stages.embed import EmbedTexts
 
-    if not text.strip():
-        raise ConfigError("--text is empty")
+    for text, name in zip(texts, names):
+        if not text.strip():
+            raise ConfigError(f"{name} is empty")
     manifest = stage_manifest(texts_dir, "text")
     if manifest.get("kind") != "embed-texts":
         raise ConfigError(f"{texts_dir} is a {manifest.get('kind')!r} stage, "
                           "not embed-texts: cannot tell how to embed a query caption")
     params = {k: v for k, v in manifest["parameters"].items()
               if k in ("model", "pooling", "lowercase", "strip_punctuation", "max_length")}
+
+    def cannot_load(exc: ConfigError) -> ConfigError:
+        return ConfigError(f"cannot load the query text encoder of {texts_dir}: {exc}")
+
     try:
         stage = EmbedTexts(**params)
+    except ConfigError as exc:
+        raise cannot_load(exc) from None
+    clean = [stage.preprocess(text) for text in texts]
+    for text, name, c in zip(texts, names, clean):  # before loading the encoder: fail fast
+        if not c.strip():
+            raise ConfigError(f"{name} {text!r} is empty after the archive's "
+                              "preprocessing (lower-case, punctuation removed)")
+    try:
         encoder = stage.encoder().to(device)
     except ConfigError as exc:
-        raise ConfigError(f"cannot load the query text encoder of {texts_dir}: "
-                          f"{exc}") from None
-    clean = stage.preprocess(text)
-    if not clean.strip():
-        raise ConfigError(f"--text {text!r} is empty after the archive's "
-                          "preprocessing (lower-case, punctuation removed)")
+        raise cannot_load(exc) from None
     # the archive's autocast precision (fp16/bf16 on CUDA; bf16 only if asked for on the CPU)
-    return encoder.encode([clean], device, precision=manifest["parameters"].get("precision",
-                                                                                 "auto"))
+    return encoder.encode(clean, device, precision=manifest["parameters"].get("precision",
+                                                                              "auto"))
 
 
 def clean_view_crop(images_dir: Path) -> int | None:
@@ -177,13 +196,18 @@ def clean_view(path: Path, crop: int | None, size: int) -> np.ndarray:
     return resize(pixels, size)[None]
 
 
-def embed_image(path: Path, images_dir: Path, device: str) -> np.ndarray:
+IMAGE_BATCH = 32  # query images per forward pass: bounds the memory of a long list
+
+
+def embed_images(paths: list[Path], images_dir: Path, device: str) -> np.ndarray:
+    """Image embeddings [Q, D] of the clean view (view 0) as the image stage drew it."""
     import torch
 
     from pipelines.stages.embed import EmbedImages
 
-    if not path.is_file():
-        raise ConfigError(f"--image {path} is not a file")
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"--image {path} is not a file")
     manifest = stage_manifest(images_dir, "image")
     if manifest.get("kind") != "embed-images":
         raise ConfigError(f"{images_dir} is a {manifest.get('kind')!r} stage, "
@@ -195,13 +219,18 @@ def embed_image(path: Path, images_dir: Path, device: str) -> np.ndarray:
     except ConfigError as exc:
         raise ConfigError(f"cannot load the query image encoder of "
                           f"{images_dir}: {exc}") from None
-    view = clean_view(path, clean_view_crop(images_dir), encoder.input_size)
-    return encoder.encode(torch.from_numpy(np.ascontiguousarray(view)), device,
-                          manifest["parameters"].get("precision", "auto"))
+    crop = clean_view_crop(images_dir)
+    out = []
+    for start in range(0, len(paths), IMAGE_BATCH):
+        views = np.concatenate([clean_view(p, crop, encoder.input_size)
+                                for p in paths[start:start + IMAGE_BATCH]])
+        out.append(encoder.encode(torch.from_numpy(views), device,
+                                  manifest["parameters"].get("precision", "auto")))
+    return np.concatenate(out)
 
 
 def hash_query(run: Path, modality: str, embedding: np.ndarray, device: str) -> np.ndarray:
-    """Packed code [1, bits/8] of the query with the run's validation-selected model."""
+    """Packed codes [Q, bits/8] of the queries with the run's validation-selected model."""
     import torch
 
     from hashing.codes import pack, to_bits
@@ -232,35 +261,67 @@ def rank_codes(query: np.ndarray, index: Index, k: int, backend: str, device: st
     return top_k_packed(query, index.packed, k)
 
 
-def search(run: Path, text: str | None = None, image: Path | None = None, k: int = 10,
-           target: str | None = None, device: str = "cpu", backend: str = "numpy") -> dict:
-    """The whole query: embed, hash, rank. Returns a JSON-ready dict."""
+def read_text_file(path: Path) -> tuple[list[str], list[str]]:
+    """The captions of a query file (one per line, blank lines skipped) and where each is."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"--text-file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--text-file {path} is not UTF-8 text ({exc})") from None
+    picked = [(line, f"{path} line {n}") for n, line in enumerate(lines, 1) if line.strip()]
+    if not picked:
+        raise ConfigError(f"--text-file {path} holds no caption")
+    return [t for t, _ in picked], [w for _, w in picked]
+
+
+def search_many(run: Path, texts: list[str] | None = None, images: list[Path] | None = None,
+                k: int = 10, target: str | None = None, device: str = "cpu",
+                backend: str = "numpy", names: list[str] | None = None) -> list[dict]:
+    """Several queries of one modality: encoders and model loaded once, embeddings in batches,
+    one ranking pass. Returns one JSON-ready dict per query, in order."""
     run = Path(run)
     if k < 1:
         raise ConfigError(f"--k must be >= 1, not {k}")
-    modality = "text" if text is not None else "image"
+    modality = "text" if texts is not None else "image"
     target = target or ("images" if modality == "text" else "captions")
     inputs = run_inputs(run)
     index = load_index(run, target)
     if modality == "text":
-        emb = embed_text(text, Path(inputs["texts"]), device)
+        emb = embed_texts(texts, names or ["--text"] * len(texts), Path(inputs["texts"]), device)
     else:
-        emb = embed_image(Path(image), Path(inputs["images"]), device)
-    code = hash_query(run, modality, emb, device)
-    idx, dist = rank_codes(code, index, k, backend, device)
-    texts = caption_texts(Path(inputs["texts"])) if target == "captions" else {}
-    results = []
-    for rank_, (i, d) in enumerate(zip(idx[0].tolist(), dist[0].tolist()), 1):
+        emb = embed_images([Path(p) for p in images], Path(inputs["images"]), device)
+    codes = hash_query(run, modality, emb, device)
+    idx, dist = rank_codes(codes, index, k, backend, device)
+    captions = caption_texts(Path(inputs["texts"])) if target == "captions" else {}
+    queries = [{"text": t} for t in texts] if texts is not None else \
+        [{"image": str(p)} for p in images]
+    return [{"run": str(run), "query": query, "target": target, "bits": index.bits, "k": k,
+             "backend": backend,
+             "tie_rule": "equal Hamming distance: lower archive index first",
+             "code": "".join(f"{b:08b}" for b in code.tolist()),
+             "results": result_rows(index, ids, ds, target, captions)}
+            for query, code, ids, ds in zip(queries, codes, idx.tolist(), dist.tolist())]
+
+
+def result_rows(index: Index, ids: list[int], dists: list[int], target: str,
+                captions: dict[str, str]) -> list[dict]:
+    rows = []
+    for rank_, (i, d) in enumerate(zip(ids, dists), 1):
         row = {"rank": rank_, "distance": int(d), "image_id": index.image_id[i],
                "label": index.label[i], "split": index.split[i]}
         if target == "captions":
             row["caption_id"] = index.caption_id[i]
-            row["caption"] = texts.get(index.caption_id[i])
-        results.append(row)
-    return {"run": str(run), "query": {"text": text} if text is not None else
-            {"image": str(image)}, "target": target, "bits": index.bits, "k": k,
-            "backend": backend, "tie_rule": "equal Hamming distance: lower archive index first",
-            "code": "".join(f"{b:08b}" for b in code[0].tolist()), "results": results}
+            row["caption"] = captions.get(index.caption_id[i])
+        rows.append(row)
+    return rows
+
+
+def search(run: Path, text: str | None = None, image: Path | None = None, k: int = 10,
+           target: str | None = None, device: str = "cpu", backend: str = "numpy") -> dict:
+    """The whole query: embed, hash, rank. Returns a JSON-ready dict."""
+    return search_many(run, [text] if text is not None else None,
+                       [image] if text is None else None, k, target, device, backend)[0]
 
 
 def format_table(res: dict) -> str:
@@ -288,6 +349,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     backend = args.backend
     if backend == "auto":
         backend = "torch" if device == "cuda" else "numpy"
-    res = search(args.run, args.text, args.image, args.k, args.target, device, backend)
-    print(json.dumps(res, indent=2) if args.json else format_table(res))
+    if args.text is not None:
+        texts, names = [args.text], ["--text"]
+    elif args.text_file is not None:
+        texts, names = read_text_file(args.text_file)
+    else:
+        texts, names = None, None
+    results = search_many(args.run, texts, args.image, args.k, args.target, device, backend,
+                          names)
+    if args.json and (args.text_file is not None or len(args.image or []) > 1):
+        print("\n".join(json.dumps(r) for r in results))  # JSON lines, however many queries
+    elif args.json:
+        print(json.dumps(results[0], indent=2))
+    else:
+        print("\n\n".join(format_table(r) for r in results))
     return 0
