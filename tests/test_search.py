@@ -345,6 +345,11 @@ def test_search_errors_name_the_problem(ucm_runs, tmp_path, capsys):
     (moved / "run.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="cannot load the query text encoder"):
         search(moved, text="planes")
+    # an embedding stage of another kind: no way to embed the query as the archive was
+    manifest["kind"] = "embed"
+    (fake / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="is a 'embed' stage, not embed-texts"):
+        search(moved, text="planes")
 
     # through the CLI: exit 2 and the message
     assert main(["search", "--run", str(tmp_path / "nowhere"), "--text", "planes"]) == 2

@@ -107,6 +107,16 @@ def stage_manifest(folder: Path, what: str) -> dict:
     return json.loads(path.read_text())
 
 
+def embedding_stage(folder: Path, what: str, kind: str, keys: tuple[str, ...]):
+    """(manifest, the encoder parameters `keys`) of the run's embedding stage of `what`, which
+    must be a `kind` stage: the query is embedded with the archive's own settings."""
+    manifest = stage_manifest(folder, what)
+    if manifest.get("kind") != kind:
+        raise ConfigError(f"{folder} is a {manifest.get('kind')!r} stage, not {kind}: "
+                          f"cannot tell how to embed a query {what}")
+    return manifest, {k: v for k, v in manifest["parameters"].items() if k in keys}
+
+
 def caption_texts(texts_dir: Path) -> dict[str, str]:
     """caption_id -> the caption (first text variant), for display; {} when not readable."""
     from pipelines.store import StageStore
@@ -136,12 +146,8 @@ def embed_texts(texts: list[str], names: list[str], texts_dir: Path,
     for text, name in zip(texts, names):
         if not text.strip():
             raise ConfigError(f"{name} is empty")
-    manifest = stage_manifest(texts_dir, "text")
-    if manifest.get("kind") != "embed-texts":
-        raise ConfigError(f"{texts_dir} is a {manifest.get('kind')!r} stage, "
-                          "not embed-texts: cannot tell how to embed a query caption")
-    params = {k: v for k, v in manifest["parameters"].items()
-              if k in ("model", "pooling", "lowercase", "strip_punctuation", "max_length")}
+    manifest, params = embedding_stage(texts_dir, "text", "embed-texts", (
+        "model", "pooling", "lowercase", "strip_punctuation", "max_length"))
 
     def cannot_load(exc: ConfigError) -> ConfigError:
         return ConfigError(f"cannot load the query text encoder of {texts_dir}: {exc}")
@@ -208,12 +214,8 @@ def embed_images(paths: list[Path], images_dir: Path, device: str) -> np.ndarray
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"--image {path} is not a file")
-    manifest = stage_manifest(images_dir, "image")
-    if manifest.get("kind") != "embed-images":
-        raise ConfigError(f"{images_dir} is a {manifest.get('kind')!r} stage, "
-                          "not embed-images: cannot tell how to embed a query image")
-    params = {k: v for k, v in manifest["parameters"].items()
-              if k in ("model", "image_arch", "input_size")}
+    manifest, params = embedding_stage(images_dir, "image", "embed-images",
+                                       ("model", "image_arch", "input_size"))
     try:
         encoder = EmbedImages(**params).encoder().to(device)
     except ConfigError as exc:
