@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 REDUCTIONS = ("mean", "sum")
+INPUT_NORMS = ("l2", "none")  # how the hashing networks scale their input (hashing.model)
 # mAP@K normalisations, defined in hashing.metrics: "standard" (1 / relevant hits in the top K, the
 # hashing literature's and REFERENCE's), "ir" (1 / min(K, R)), "authors" (their variant)
 MAP_VARIANTS = ("standard", "ir", "authors")
@@ -98,8 +99,6 @@ class TrainConfig:
             problems.append("epochs must be >= 1 and batch_size >= 2")
         if self.reduction not in REDUCTIONS:
             problems.append(f"reduction={self.reduction!r} (one of {REDUCTIONS})")
-        from hashing.model import INPUT_NORMS
-
         if self.input_norm not in INPUT_NORMS:
             problems.append(f"input_norm={self.input_norm!r} (one of {INPUT_NORMS})")
         if self.weights_ref_bits < 0:

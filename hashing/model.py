@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashing.config import INPUT_NORMS
+
 HIDDEN = 4096
-INPUT_NORMS = ("l2", "none")
 
 
 class HashMLP(nn.Module):

@@ -64,3 +64,18 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "holds no duchkit stage output" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--format", "csv"]) == 2
     assert "not a completed duchkit run folder" in capsys.readouterr().err
+
+
+def test_the_command_line_builds_without_importing_torch_or_transformers():
+    """`duchkit --help`, `inspect` and `export` need neither: importing them cost ~3 s per call
+    before the hashing options moved to the torch-free hashing.config. A child process, since
+    this one has imported torch already."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipelines.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout

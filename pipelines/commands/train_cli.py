@@ -26,8 +26,7 @@ CODES = "codes"
 
 
 def add_parsers(sub) -> None:
-    from hashing.config import ABLATIONS, MAP_VARIANTS, TrainConfig
-    from hashing.model import INPUT_NORMS
+    from hashing.config import ABLATIONS, INPUT_NORMS, MAP_VARIANTS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train DUCH from embedding shards")
