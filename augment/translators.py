@@ -88,6 +88,18 @@ class Translator(Protocol):
     def cache_namespace(self, src: str, tgt: str) -> str: ...
 
 
+def punctuation_normaliser() -> str:
+    """What MarianTokenizer does to punctuation before SentencePiece: the Moses normalisation
+    that OPUS-MT's training data went through when sacremoses is installed (it turns a
+    German hop's quotes and typographic apostrophes back into the plain forms the next model
+    saw in training), nothing without it. Part of the cache key: it changes translations."""
+    try:
+        import sacremoses  # noqa: F401
+    except ImportError:
+        return "none"
+    return "moses"
+
+
 class _Base:
     """Shared bookkeeping: per-pair model specs, loaded models, cache namespaces, call counts."""
 
@@ -119,8 +131,8 @@ class _Base:
         spec = self.spec(src, tgt)
         return json.dumps({"backend": self.backend, "model": spec.identity,
                            "revision": spec.revision, "src": src, "tgt": tgt,
-                           "precision": self.precision(), "decoding": self.decoding.key()},
-                          sort_keys=True)
+                           "precision": self.precision(), "decoding": self.decoding.key(),
+                           "punctuation": punctuation_normaliser()}, sort_keys=True)
 
     def load_all(self) -> None:
         """Load every pair now, so a missing model fails before any sentence is translated."""

@@ -103,6 +103,19 @@ def test_characters_the_tokenizer_cannot_encode_are_noted(tiny_dir):
     assert n1 == "hit-length-limit" and "unknown-characters" in n2 and odd
 
 
+def test_marian_tokenizer_normalises_punctuation_as_opus_mt_training_did(tiny_dir):
+    """sacremoses is a dependency: without it MarianTokenizer silently skips the Moses
+    punctuation normalisation (a German hop's quotes reach the next model as it never saw
+    them), and the cache key says which of the two made a translation."""
+    from augment.translators import punctuation_normaliser
+
+    tr = MarianTranslator(specs(tiny_dir, "en-xx"))
+    tokenizer, _ = tr._model("en", "xx")
+    assert tokenizer.normalize("\u00abzwei\u00bb Flugzeuge, it\u2019s") == '"zwei" Flugzeuge, it\'s'
+    assert punctuation_normaliser() == "moses"
+    assert json.loads(tr.cache_namespace("en", "xx"))["punctuation"] == "moses"
+
+
 def test_long_input_is_never_cut_to_a_fixed_length(tiny_dir, ucm_captions):
     tr = MarianTranslator(specs(tiny_dir, "en-xx"))
     tokenizer, model = tr._model("en", "xx")
