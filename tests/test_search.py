@@ -300,6 +300,9 @@ def test_several_queries_in_one_call_equal_one_call_each(ucm_runs, tmp_path, cap
     assert "holds no caption" in capsys.readouterr().err
     assert main(["search", "--run", str(run), "--text-file", str(tmp_path / "none.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    queries.write_bytes("planes at the airport\n".encode("utf-16"))
+    assert main(["search", "--run", str(run), "--text-file", str(queries)]) == 2
+    assert f"--text-file {queries} is not UTF-8 text" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="is not a file"):
         search_many(run, images=[images[0], tmp_path / "missing.jpg"])
 
