@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -70,6 +71,28 @@ def test_train_then_evaluate(stages, tmp_path, capsys):
     assert main(["evaluate", "--run", str(run), "--relevance", "pair", "--k", "5"]) == 0
     pair = json.loads((run / "metrics-standard-pair.json").read_text())
     assert pair["results"]["i2t"]["map"] < m["results"]["i2t"]["map"]  # 5 of 600 relevant
+    # scored as published figures are: one caption per image, the one-caption protocol's draw
+    assert main(["evaluate", "--run", str(run), "--captions", "one"]) == 0
+    one = json.loads((run / "metrics-standard-class-one-caption.json").read_text())
+    assert one["captions"].startswith("one per image")
+    assert one["results"]["i2t"]["database"] == 120 and one["results"]["t2i"]["queries"] == 30
+    assert one["results"]["i2i"] == m["results"]["i2i"]  # images are untouched
+    from hashing.data import paper_caption_choice
+    from pipelines.commands.train_cli import one_caption_rows
+
+    table = StageStore(run / "codes").read_all()
+    kept = table.filter(pa.array(one_caption_rows(table, run_info["config"]["seed"], run)))
+    kept = kept.to_pandas()
+    pick = paper_caption_choice(300, 5, run_info["config"]["seed"])
+    assert kept[kept["item"] == "caption"]["caption_id"].tolist() == [
+        f"img{i:05d}#{pick[i]}" for i in range(300)]
+    assert len(kept) == 600 and len(set(pick)) > 1
+    import shutil
+
+    bare = tmp_path / "codes-only"
+    shutil.copytree(run / "codes", bare / "codes")
+    assert main(["evaluate", "--run", str(bare), "--captions", "one"]) == 2
+    assert "run.json" in capsys.readouterr().err  # the seed that picks the captions is missing
     # a second train into the same folder must not silently overwrite it
     assert main(["train", "--images", str(stages[0]), "--texts", str(stages[1]), "--out",
                  str(run)] + ARGS) == 2
@@ -83,7 +106,12 @@ def test_one_caption_protocol_and_missing_labels(feats, tmp_path, capsys):
                  "--captions-per-image", "1"] + ARGS) == 0
     codes = StageStore(run / "codes").read_all().to_pandas()
     assert (codes["item"] == "caption").sum() == 300
-    assert json.loads((run / "metrics.json").read_text())["relevance"] == "pair"
+    own = json.loads((run / "metrics.json").read_text())
+    assert own["relevance"] == "pair"
+    # the run coded one caption per image already: --captions one scores the same codes
+    assert main(["evaluate", "--run", str(run), "--relevance", "pair", "--captions", "one"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["results"] == own["results"] and again["captions"].startswith("one per image")
     assert main(["evaluate", "--run", str(run), "--relevance", "class"]) == 2
     assert "no class label" in capsys.readouterr().err
 
@@ -94,8 +122,6 @@ def test_bad_shards_are_named(feats, tmp_path, capsys):
     t = pq.read_table(shard)
     emb = np.array(t.column("caption_embedding").to_pylist(), np.float32)
     emb[7, 0] = np.inf
-    import pyarrow as pa
-
     col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
     pq.write_table(t.set_column(t.schema.get_field_index("caption_embedding"),
                                 t.schema.field("caption_embedding"), col), shard)

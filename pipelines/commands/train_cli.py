@@ -84,6 +84,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--relevance", choices=["class", "pair"], default="class",
                    help="class: same class label; pair: caption and image of the same pair")
+    p.add_argument("--captions", choices=["all", "one"], default="all",
+                   help="all: every caption the run coded; one: the paper's protocol, one "
+                   "seeded caption per image (the draw --captions-per-image 1 trains on), so a "
+                   "run trained on all captions is scored as published figures are")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -206,7 +210,38 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = True) -> dict:
+def one_caption_rows(t: pa.Table, seed: int, where: Path) -> np.ndarray:
+    """Mask of the code rows the paper's one-caption protocol keeps: every image, and of each
+    image's captions (in the order train wrote them) the one `paper_caption_choice` draws for
+    `seed`, the caption a `--captions-per-image 1` run of that seed trains and is scored on."""
+    from hashing.data import paper_caption_choice
+
+    item = np.asarray(t.column("item").to_pylist(), dtype=object)
+    image_id = np.asarray(t.column("image_id").to_pylist(), dtype=object)
+    images = image_id[item == "image"]
+    of = {name: i for i, name in enumerate(images)}
+    cap_rows = np.flatnonzero(item == "caption")
+    owner = np.array([of.get(name, -1) for name in image_id[cap_rows]], dtype=np.int64)
+    if (owner < 0).any():
+        raise ConfigError(f"duchkit evaluate: {where}: caption rows of an image with no image "
+                          "row; the codes are not a run's of duchkit train")
+    per_image = np.bincount(owner, minlength=len(images))
+    if per_image.min() != per_image.max():
+        raise ConfigError(f"duchkit evaluate: {where}: images have {per_image.min()} to "
+                          f"{per_image.max()} captions; --captions one needs the same number "
+                          "for every image")
+    # position of each caption row among its image's captions, in table order
+    order = np.argsort(owner, kind="stable")
+    slot = np.empty(len(owner), dtype=np.int64)
+    slot[order] = np.arange(len(owner)) - np.repeat(np.cumsum(per_image) - per_image, per_image)
+    keep = item == "image"
+    pick = paper_caption_choice(len(images), int(per_image[0]), seed)
+    keep[cap_rows[slot == pick[owner]]] = True
+    return keep
+
+
+def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = True,
+                 captions: str = "all") -> dict:
     from hashing.evaluate import evaluate_codes, markdown_table, plot_pk
     from pipelines.store import StageStore, atomic_write_json
 
@@ -215,6 +250,13 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
         raise ConfigError(f"duchkit evaluate: {run} has no {CODES}/ folder: is it a run folder "
                           "of duchkit train?")
     t = store.read_all()
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else None
+    one_of_all = captions == "one" and (info is None or info["config"]["captions_per_image"] != 1)
+    if one_of_all:  # a run trained on one caption per image coded only that one: nothing to do
+        if info is None:
+            raise ConfigError(f"duchkit evaluate: --captions one needs {run / 'run.json'} (the "
+                              "run's seed picks the caption of each image)")
+        t = t.filter(pa.array(one_caption_rows(t, info["config"]["seed"], run / CODES)))
     item = np.asarray(t.column("item").to_pylist(), dtype=object)
     codes_all = np.asarray(t.column("code").combine_chunks().flatten().to_numpy(),
                            np.uint8).reshape(t.num_rows, -1)
@@ -235,13 +277,17 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
                              {m: split[s] for m, s in sel.items()}, k, variant)
     bits = codes_all.shape[1] * 8
     run_relevance = "class"
-    if (run / "run.json").exists() and not json.loads((run / "run.json").read_text())["has_labels"]:
+    if info is not None and not info["has_labels"]:
         run_relevance = "pair"
     # the run's own evaluation is metrics.json; other variants get a suffix
     suffix = "" if (variant, relevance) == ("standard", run_relevance) else f"-{variant}-{relevance}"
     title = f"DUCH {bits} bits, {relevance} relevance"
+    if one_of_all:
+        suffix, title = f"-{variant}-{relevance}-one-caption", title + ", one caption per image"
     atomic_write_json(run / f"metrics{suffix}.json", {
         "bits": bits, "k": k, "variant": variant, "relevance": relevance,
+        "captions": "one per image (paper protocol)" if captions == "one" or (
+            info is not None and info["config"]["captions_per_image"] == 1) else "all",
         "tie_rule": "equal Hamming distance: lower retrieval index first", "results": results})
     (run / f"metrics{suffix}.md").write_text(markdown_table(results, title))
     plot_pk(results, run / f"pk_curve{suffix}.png", title)
@@ -252,5 +298,5 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
 
 
 def cmd_evaluate(args) -> int:
-    evaluate_run(args.run, args.map_variant, args.k, args.relevance)
+    evaluate_run(args.run, args.map_variant, args.k, args.relevance, captions=args.captions)
     return 0
