@@ -1,13 +1,17 @@
 """`duchkit train` / `duchkit evaluate` end to end on synthetic embedding shards."""
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hashing.data import paper_caption_choice
 from hashing.synthetic import class_structured
 from pipelines.cli import main
+from pipelines.commands.train_cli import one_caption_rows
+from pipelines.stage import ConfigError
 from pipelines.store import StageStore
 from pipelines.training_data import load_archive
 from tests.duch_shards import write_stages
@@ -77,9 +81,6 @@ def test_train_then_evaluate(stages, tmp_path, capsys):
     assert one["captions"].startswith("one per image")
     assert one["results"]["i2t"]["database"] == 120 and one["results"]["t2i"]["queries"] == 30
     assert one["results"]["i2i"] == m["results"]["i2i"]  # images are untouched
-    from hashing.data import paper_caption_choice
-    from pipelines.commands.train_cli import one_caption_rows
-
     table = StageStore(run / "codes").read_all()
     kept = table.filter(pa.array(one_caption_rows(table, run_info["config"]["seed"], run)))
     kept = kept.to_pandas()
@@ -87,8 +88,14 @@ def test_train_then_evaluate(stages, tmp_path, capsys):
     assert kept[kept["item"] == "caption"]["caption_id"].tolist() == [
         f"img{i:05d}#{pick[i]}" for i in range(300)]
     assert len(kept) == 600 and len(set(pick)) > 1
-    import shutil
-
+    # codes that are not a train run's: a caption of an unknown image, unequal caption counts
+    items, caption_ids = table.column("item").to_pylist(), table.column("caption_id").to_pylist()
+    no_image = pa.array([not (it == "image" and i == 0) for i, it in enumerate(items)])
+    with pytest.raises(ConfigError, match="codes: caption rows of an image with no image row"):
+        one_caption_rows(table.filter(no_image), 0, run / "codes")
+    short = pa.array([c != "img00001#3" for c in caption_ids])
+    with pytest.raises(ConfigError, match="images have 4 to 5 captions"):
+        one_caption_rows(table.filter(short), 0, run / "codes")
     bare = tmp_path / "codes-only"
     shutil.copytree(run / "codes", bare / "codes")
     assert main(["evaluate", "--run", str(bare), "--captions", "one"]) == 2

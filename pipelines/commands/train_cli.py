@@ -251,8 +251,10 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
                           "of duchkit train?")
     t = store.read_all()
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else None
-    one_of_all = captions == "one" and (info is None or info["config"]["captions_per_image"] != 1)
-    if one_of_all:  # a run trained on one caption per image coded only that one: nothing to do
+    # a run trained on one caption per image coded only that one: --captions one keeps them all
+    one_caption_run = info is not None and info["config"]["captions_per_image"] == 1
+    one_of_all = captions == "one" and not one_caption_run
+    if one_of_all:
         if info is None:
             raise ConfigError(f"duchkit evaluate: --captions one needs {run / 'run.json'} (the "
                               "run's seed picks the caption of each image)")
@@ -286,8 +288,8 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
         suffix, title = f"-{variant}-{relevance}-one-caption", title + ", one caption per image"
     atomic_write_json(run / f"metrics{suffix}.json", {
         "bits": bits, "k": k, "variant": variant, "relevance": relevance,
-        "captions": "one per image (paper protocol)" if captions == "one" or (
-            info is not None and info["config"]["captions_per_image"] == 1) else "all",
+        "captions": "one per image (paper protocol)" if captions == "one" or one_caption_run
+                    else "all",
         "tie_rule": "equal Hamming distance: lower retrieval index first", "results": results})
     (run / f"metrics{suffix}.md").write_text(markdown_table(results, title))
     plot_pk(results, run / f"pk_curve{suffix}.png", title)
