@@ -176,6 +176,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         image_net, text_net, disc = (torch.compile(m) for m in (image_net, text_net, disc))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and
                          device.type == "cuda")
+    if cfg.amp and device.type != "cuda":  # say so rather than ignore the option silently
+        log(f"amp is used on CUDA only: training in fp32 on {device.type}")
 
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after is not None and epoch >= stop_after:

@@ -177,3 +177,10 @@ def test_compiled_training_matches_eager_and_its_checkpoint_loads(feats, tmp_pat
     model, _ = load_model(tmp_path / "checkpoint.pt")
     agree = (encode(model.image, feats.image) >= 0) == (encode(eager.model.image, feats.image) >= 0)
     assert agree.float().mean() > 0.99  # not exact: fused kernels round differently near 0
+
+
+def test_amp_off_cuda_says_it_trains_in_fp32(feats):
+    lines = []
+    amp = train(dataclasses.replace(SMALL, epochs=1, amp=True), feats, log=lines.append)
+    assert any("amp is used on CUDA only" in line for line in lines)
+    assert amp.history == train(dataclasses.replace(SMALL, epochs=1), feats, **QUIET).history
