@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--size", choices=sorted(SIZES), default="ucm")
     ap.add_argument("--compile", action="store_true", help="torch.compile our networks")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast of our networks")
     args = ap.parse_args()
     epochs = args.epochs or (3 if args.quick else 100)
     n_images, n_classes = SIZES[args.size]
@@ -170,12 +171,13 @@ def main() -> None:
                              seed=0)
     seed = 0
     cfg = TrainConfig(bits=64, epochs=epochs, seed=seed, device=args.device,
-                      compile=args.compile)
+                      compile=args.compile, amp=args.amp)
     splits = split_indices(n_images, seed)
     base_train = np.sort(np.concatenate([splits["train"], splits["val"]]))  # 50%: the paper's
 
     # warm-up (allocator, kernels, first-call imports) for both, not timed
-    train(TrainConfig(bits=64, epochs=1, seed=seed, device=args.device), feats, log=lambda s: None)
+    train(TrainConfig(bits=64, epochs=1, seed=seed, device=args.device, amp=args.amp), feats,
+          log=lambda s: None)
     baseline_train(feats, base_train, 64, 1, args.device, seed)
 
     sync(args.device)
@@ -202,9 +204,11 @@ def main() -> None:
         "baseline_seconds_per_100_epochs": round(100 * base_s / epochs, 1),
         "ours_map20": q_ours, "baseline_map20": q_base, "equivalent": equivalent,
         "ours_validates_every_epoch": True, "torch_threads": torch.get_num_threads(),
+        "ours_amp_bf16": args.amp, "ours_compiled": args.compile,
         "units": "epochs/s",
     }
-    out = ROOT / "benchmarks" / "results" / f"duch_train-{args.device}.json"
+    suffix = "-amp" if args.amp else ""
+    out = ROOT / "benchmarks" / "results" / f"duch_train-{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     if not equivalent:

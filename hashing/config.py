@@ -77,7 +77,7 @@ class TrainConfig:
     # execution
     device: str = "cpu"
     compile: bool = False
-    amp: bool = False  # bf16 autocast of the MLPs on CUDA; losses stay fp32
+    amp: bool = False  # bf16 autocast of the networks in training; losses stay fp32
     checkpoint_every: int = 1
 
     def weights(self):

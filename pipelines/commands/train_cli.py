@@ -70,7 +70,8 @@ def add_parsers(sub) -> None:
                    "model's checkpoint is ~110 MB, so N = 1 writes that much per epoch")
     p.add_argument("--k", type=int, default=20, help="K of mAP@K")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast of the networks in training (CUDA, or a CPU with bf16 units)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
