@@ -177,6 +177,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     # bf16 autocast of the networks' forward passes on any device: CUDA, and CPUs with bf16
     # units (AVX512-BF16, AMX), where it is faster too; codes and validation stay fp32
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+    if cfg.amp and device.type == "cpu" and not cpu_has_bf16():
+        log("warning: this CPU has no bf16 units; --amp emulates bf16 and is likely slower")
 
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after is not None and epoch >= stop_after:
@@ -249,6 +251,13 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     model.eval()
     return TrainResult(model, cfg, splits, best_epoch, best_map, history,
                        time.perf_counter() - t_start)
+
+
+def cpu_has_bf16() -> bool:
+    try:  # oneDNN's own check (AVX512-BF16 / AMX); a private op, so absent means "unknown"
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def checkpoint_shape(ck: dict) -> dict:

@@ -190,3 +190,12 @@ def test_amp_trains_in_bf16_on_this_device_and_still_learns(feats):
     agree = (codes(fp32, feats) >= 0) == (codes(bf16, feats) >= 0)
     assert agree.float().mean() > 0.95
     assert bf16.best_val_map > fp32.best_val_map - 0.05
+
+
+def test_amp_on_a_cpu_without_bf16_units_warns(feats, monkeypatch):
+    import hashing.train
+
+    monkeypatch.setattr(hashing.train, "cpu_has_bf16", lambda: False)
+    lines = []
+    train(dataclasses.replace(SMALL, epochs=1, amp=True), feats, log=lines.append)
+    assert any("no bf16 units" in line for line in lines)
