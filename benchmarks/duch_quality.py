@@ -6,6 +6,7 @@ REFERENCE.md (the authors' trainer on the same kind of features) and the paper's
                                       [--epochs 100] [--protocol paper|all] [--baseline]
     python benchmarks/duch_quality.py --summarise RESULT   # paired differences of a result
     python benchmarks/duch_quality.py --summarise R1 R2 --tag=-pooled   # seeds of R1 + R2
+    python benchmarks/duch_quality.py --compare A B --tag=-x   # A - B by seed, e.g. --amp
 
 protocol paper: one seeded caption per image for training and evaluation (the authors' setting,
 so the text database has one caption per retrieval image); all: all five captions; paper-eval:
@@ -69,14 +70,14 @@ def cached_authors_loop(archive, features: Path, bits: int, seed: int, epochs: i
     return maps
 
 
-def paired_difference(per_seed: list[dict]) -> dict:
-    """Ours minus the authors' loop per variant and direction, paired by seed (same split and
-    caption draw): mean, its standard error over seeds, and the seeds where ours is ahead. A
-    mean within about two standard errors of zero is a tie at this many seeds."""
+def paired_difference(ours: list[dict], theirs: list[dict]) -> dict:
+    """Ours minus theirs per variant and direction, paired by seed (same split and caption
+    draw): mean, its standard error over seeds, and the seeds where ours is ahead. A mean
+    within about two standard errors of zero is a tie at this many seeds."""
     out = {}
     for v in VARIANTS:
         for d in ("i2t", "t2i"):
-            x = np.array([s[v][d] - s["authors_loop"][v][d] for s in per_seed])
+            x = np.array([o[v][d] - t[v][d] for o, t in zip(ours, theirs, strict=True)])
             se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
             out.setdefault(v, {})[d] = {"diff": round(float(x.mean()), 4), "se": round(se, 4),
                                         "ahead": int((x > 0).sum()), "seeds": len(x)}
@@ -100,22 +101,23 @@ def cell(per_seed: list[dict], bits: int) -> dict:
            "beats_bar": all(mean[v][d] > BAR[v][d][j] for v in BAR for d in ("i2t", "t2i"))}
     if all("authors_loop" in s for s in per_seed):
         mean["authors_loop"] = means(lambda s: s["authors_loop"])
-        row["ours_minus_loop"] = paired_difference(per_seed)
+        row["ours_minus_loop"] = paired_difference(per_seed, [s["authors_loop"] for s in per_seed])
         row["beats_authors_loop"] = all(mean[v][d] > mean["authors_loop"][v][d]
                                         for v in VARIANTS for d in ("i2t", "t2i"))
     return row
 
 
-def difference_table(rows: dict) -> str:
+def difference_table(rows: dict, key: str = "ours_minus_loop",
+                     title: str = "Ours minus their loop") -> str:
     lines = ["| bits | " + " | ".join(f"{d.replace('2', '->').upper()} {v}" for v in VARIANTS
                                       for d in ("i2t", "t2i")) + " |",
              "|---|" + "---|" * (2 * len(VARIANTS))]
     for bits, r in rows.items():
-        pd = r["ours_minus_loop"]
+        pd = r[key]
         lines.append(f"| {bits} | " + " | ".join(
             f"{pd[v][d]['diff']:+.3f} ± {pd[v][d]['se']:.3f} ({pd[v][d]['ahead']}/"
             f"{pd[v][d]['seeds']})" for v in VARIANTS for d in ("i2t", "t2i")) + " |")
-    return ("Ours minus their loop, paired by seed: mean ± standard error (seeds where ours is "
+    return (f"{title}, paired by seed: mean ± standard error (seeds where the first is "
             "ahead)\n\n" + "\n".join(lines))
 
 
@@ -132,11 +134,40 @@ def summarise(paths: list[Path], tag: str = "") -> None:
     if not rows:
         raise SystemExit(f"{path}: no run of the authors' loop in it (made without --baseline)")
     for r in rows.values():
-        r["ours_minus_loop"] = paired_difference(r["seeds"])
+        r["ours_minus_loop"] = paired_difference(r["seeds"], [s["authors_loop"] for s in r["seeds"]])
     table = difference_table(rows)
     if table not in result.get("table", ""):
         result["table"] = result.get("table", "") + "\n\n" + table
     path.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+
+
+def compare(a: Path, b: Path, tag: str) -> None:
+    """Two results of ours on the same features and protocol (an option on or off, say), paired
+    by bits and seed: A minus B per cell, and the ratio of their training times."""
+    ra, rb = (json.loads(p.read_text()) for p in (a, b))
+    if ra["protocol"] != rb["protocol"] or ra["epochs"] != rb["epochs"]:
+        raise SystemExit(f"{a} and {b}: another protocol or epoch count, not comparable")
+    rows = {}
+    for bits in ra["results"].keys() & rb["results"].keys():
+        sa = {s["seed"]: s for s in ra["results"][bits]["seeds"]}
+        sb = {s["seed"]: s for s in rb["results"][bits]["seeds"]}
+        seeds = sorted(sa.keys() & sb.keys())
+        if seeds:
+            rows[bits] = {"seeds": seeds, "a_minus_b": paired_difference(
+                [sa[s] for s in seeds], [sb[s] for s in seeds]),
+                "train_s_a_over_b": round(float(np.median(
+                    [sa[s]["train_s"] / sb[s]["train_s"] for s in seeds])), 3)}
+    if not rows:
+        raise SystemExit(f"{a} and {b}: no bit length and seed in common")
+    rows = dict(sorted(rows.items(), key=lambda kv: int(kv[0])))
+    table = difference_table(rows, "a_minus_b", f"{a.name} minus {b.name}") + "\n\n" + \
+        "Training time, A / B (median over seeds): " + ", ".join(
+            f"{bits} bits {r['train_s_a_over_b']:.2f}" for bits, r in rows.items())
+    out = ROOT / "benchmarks" / "results" / f"duch_quality-compare{tag}-cpu.json"
+    out.write_text(json.dumps({"bench": "duch_quality", "device": "cpu", "a": a.name,
+                               "b": b.name, "extra_a": ra["extra"], "extra_b": rb["extra"],
+                               "results": rows, "table": table}, indent=2) + "\n")
     print(table)
 
 
@@ -170,6 +201,9 @@ def main() -> None:
     ap.add_argument("--summarise", type=Path, nargs="+", metavar="RESULT",
                     help="only add the paired ours - theirs differences to a --baseline result; "
                     "several results of one setting are pooled (into the --tag file)")
+    ap.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
+                    help="only pair two results of ours by bits and seed: A - B per cell and "
+                    "the training time ratio (into duch_quality-compare<tag>-cpu.json)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/duch-quality"))
     ap.add_argument("--bits", type=int, nargs="+", default=BITS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -183,6 +217,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.summarise:
         return summarise(args.summarise, args.tag)
+    if args.compare:
+        return compare(*args.compare, args.tag)
     if args.features is None:
         ap.error("--features is required")
     if args.baseline and args.protocol == "all":
