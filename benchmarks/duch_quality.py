@@ -108,7 +108,7 @@ def cell(per_seed: list[dict], bits: int) -> dict:
 
 
 def difference_table(rows: dict, key: str = "ours_minus_loop",
-                     title: str = "Ours minus their loop") -> str:
+                     title: str = "Ours minus their loop", first: str = "ours") -> str:
     lines = ["| bits | " + " | ".join(f"{d.replace('2', '->').upper()} {v}" for v in VARIANTS
                                       for d in ("i2t", "t2i")) + " |",
              "|---|" + "---|" * (2 * len(VARIANTS))]
@@ -117,7 +117,7 @@ def difference_table(rows: dict, key: str = "ours_minus_loop",
         lines.append(f"| {bits} | " + " | ".join(
             f"{pd[v][d]['diff']:+.3f} ± {pd[v][d]['se']:.3f} ({pd[v][d]['ahead']}/"
             f"{pd[v][d]['seeds']})" for v in VARIANTS for d in ("i2t", "t2i")) + " |")
-    return (f"{title}, paired by seed: mean ± standard error (seeds where the first is "
+    return (f"{title}, paired by seed: mean ± standard error (seeds where {first} is "
             "ahead)\n\n" + "\n".join(lines))
 
 
@@ -161,7 +161,7 @@ def compare(a: Path, b: Path, tag: str) -> None:
     if not rows:
         raise SystemExit(f"{a} and {b}: no bit length and seed in common")
     rows = dict(sorted(rows.items(), key=lambda kv: int(kv[0])))
-    table = difference_table(rows, "a_minus_b", f"{a.name} minus {b.name}") + "\n\n" + \
+    table = difference_table(rows, "a_minus_b", f"A minus B ({a.name} minus {b.name})", "A") + "\n\n" + \
         "Training time, A / B (median over seeds): " + ", ".join(
             f"{bits} bits {r['train_s_a_over_b']:.2f}" for bits, r in rows.items())
     out = ROOT / "benchmarks" / "results" / f"duch_quality-compare{tag}-cpu.json"
