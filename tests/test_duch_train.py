@@ -19,6 +19,16 @@ def feats():
                             image_views=2, seed=0)
 
 
+# the setting in which a few epochs learn the synthetic classes
+LEARNS = dataclasses.replace(SMALL, bits=32, epochs=12, hidden=128, batch_size=32, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def learned(feats):
+    """One fp32 training of LEARNS, shared by the tests that look at a trained model."""
+    return train(LEARNS, feats, **QUIET)
+
+
 def codes(result, f):
     return torch.cat([encode(result.model.image, f.image), encode(result.model.text, f.text[:, 0])])
 
@@ -76,13 +86,12 @@ def test_no_adversarial_ablation_never_trains_the_discriminator(feats):
     assert all(row["intra_image"] == 0 and row["intra_text"] == 0 for row in cl.history)
 
 
-def test_training_learns_class_structure(feats):
+def test_training_learns_class_structure(feats, learned):
     from hashing.codes import pack, to_bits
     from hashing.metrics import evaluate_direction
 
-    cfg = dataclasses.replace(SMALL, bits=32, epochs=12, hidden=128, batch_size=32, lr=1e-3)
-    r = train(cfg, feats, **QUIET)
-    untrained = train(dataclasses.replace(cfg, epochs=1, lr=0.0, disc_lr=0.0), feats, **QUIET)
+    r = learned
+    untrained = train(dataclasses.replace(LEARNS, epochs=1, lr=0.0, disc_lr=0.0), feats, **QUIET)
 
     def i2t(res):
         q, d = res.splits["query"], res.splits["retrieval"]
@@ -179,12 +188,11 @@ def test_compiled_training_matches_eager_and_its_checkpoint_loads(feats, tmp_pat
     assert agree.float().mean() > 0.99  # not exact: fused kernels round differently near 0
 
 
-def test_amp_trains_in_bf16_on_this_device_and_still_learns(feats):
+def test_amp_trains_in_bf16_on_this_device_and_still_learns(feats, learned):
     """`--amp` is real on CPU too: the losses differ from fp32 (bf16 rounding), the codes of
     the two runs mostly agree, and the bf16 run learns the classes as the fp32 one does."""
-    cfg = dataclasses.replace(SMALL, bits=32, epochs=12, hidden=128, batch_size=32, lr=1e-3)
-    fp32 = train(cfg, feats, **QUIET)
-    bf16 = train(dataclasses.replace(cfg, amp=True), feats, **QUIET)
+    fp32 = learned
+    bf16 = train(dataclasses.replace(LEARNS, amp=True), feats, **QUIET)
     assert fp32.history[0]["total"] != bf16.history[0]["total"]
     assert bf16.history[0]["total"] == pytest.approx(fp32.history[0]["total"], rel=0.02)
     agree = (codes(fp32, feats) >= 0) == (codes(bf16, feats) >= 0)
