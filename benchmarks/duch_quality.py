@@ -101,10 +101,15 @@ def cell(per_seed: list[dict], bits: int) -> dict:
            "beats_bar": all(mean[v][d] > BAR[v][d][j] for v in BAR for d in ("i2t", "t2i"))}
     if all("authors_loop" in s for s in per_seed):
         mean["authors_loop"] = means(lambda s: s["authors_loop"])
-        row["ours_minus_loop"] = paired_difference(per_seed, [s["authors_loop"] for s in per_seed])
+        row["ours_minus_loop"] = minus_loop(per_seed)
         row["beats_authors_loop"] = all(mean[v][d] > mean["authors_loop"][v][d]
                                         for v in VARIANTS for d in ("i2t", "t2i"))
     return row
+
+
+def minus_loop(per_seed: list[dict]) -> dict:
+    """Ours minus the authors' loop run on the same seed (see paired_difference)."""
+    return paired_difference(per_seed, [s["authors_loop"] for s in per_seed])
 
 
 def difference_table(rows: dict, key: str = "ours_minus_loop",
@@ -134,7 +139,7 @@ def summarise(paths: list[Path], tag: str = "") -> None:
     if not rows:
         raise SystemExit(f"{path}: no run of the authors' loop in it (made without --baseline)")
     for r in rows.values():
-        r["ours_minus_loop"] = paired_difference(r["seeds"], [s["authors_loop"] for s in r["seeds"]])
+        r["ours_minus_loop"] = minus_loop(r["seeds"])
     table = difference_table(rows)
     if table not in result.get("table", ""):
         result["table"] = result.get("table", "") + "\n\n" + table
@@ -161,9 +166,9 @@ def compare(a: Path, b: Path, tag: str) -> None:
     if not rows:
         raise SystemExit(f"{a} and {b}: no bit length and seed in common")
     rows = dict(sorted(rows.items(), key=lambda kv: int(kv[0])))
-    table = difference_table(rows, "a_minus_b", f"A minus B ({a.name} minus {b.name})", "A") + "\n\n" + \
-        "Training time, A / B (median over seeds): " + ", ".join(
-            f"{bits} bits {r['train_s_a_over_b']:.2f}" for bits, r in rows.items())
+    times = ", ".join(f"{bits} bits {r['train_s_a_over_b']:.2f}" for bits, r in rows.items())
+    table = (difference_table(rows, "a_minus_b", f"A minus B ({a.name} minus {b.name})", "A")
+             + f"\n\nTraining time, A / B (median over seeds): {times}")
     out = ROOT / "benchmarks" / "results" / f"duch_quality-compare{tag}-cpu.json"
     out.write_text(json.dumps({"bench": "duch_quality", "device": "cpu", "a": a.name,
                                "b": b.name, "extra_a": ra["extra"], "extra_b": rb["extra"],
