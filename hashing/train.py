@@ -23,13 +23,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from hashing.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, \
+    set_rng_states
 from hashing.data import Features, split_indices
 from hashing.config import ABLATIONS, TrainConfig  # noqa: F401  (re-exported)
 from hashing.losses import binary_target, discriminator_loss, hashing_losses
 from hashing.metrics import map_at_k_torch
 from hashing.model import DUCH
-
-CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class TrainResult:
@@ -154,7 +154,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
 
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         if checkpoint_shape(ck) != model.shape():
             raise ValueError(f"{ckpt_path} was trained for {ck['shape']}, this run needs "
                              f"{model.shape()}: use another --out or the same --bits/features")
@@ -163,9 +163,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         opt_d.load_state_dict(ck["opt_d"])
         B.copy_(ck["B"]), H.copy_(ck["H"])
         gen.set_state(ck["gen"].to(gen.get_state().device))
-        torch.set_rng_state(ck["torch_rng"])
-        np.random.set_state(ck["numpy_rng"])
-        random.setstate(ck["python_rng"])
+        set_rng_states(ck["rng"])
         start_epoch, best_epoch, best_map = ck["epoch"] + 1, ck["best_epoch"], ck["best_map"]
         best_state, history = ck["best_state"], ck["history"]
         top_map, top_se = ck.get("top_map", best_map), ck.get("top_se", 0.0)
@@ -234,17 +232,13 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         history.append(row)
         log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
         if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"shape": model.shape(), "config": cfg.to_json(), "epoch": epoch,
-                        "model": model.state_dict(), "opt": opt.state_dict(),
-                        "opt_d": opt_d.state_dict(), "B": B, "H": H, "gen": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                        "python_rng": random.getstate(), "best_epoch": best_epoch,
-                        "best_map": best_map, "best_state": best_state, "history": history,
-                        "top_map": top_map, "top_se": top_se,
-                        "splits": {k: v.tolist() for k, v in splits.items()}}, tmp)
-            tmp.replace(ckpt_path)
+            save_checkpoint(ckpt_path, {
+                "shape": model.shape(), "config": cfg.to_json(), "epoch": epoch,
+                "model": model.state_dict(), "opt": opt.state_dict(),
+                "opt_d": opt_d.state_dict(), "B": B, "H": H, "gen": gen.get_state(),
+                "rng": rng_states(), "best_epoch": best_epoch, "best_map": best_map,
+                "best_state": best_state, "history": history, "top_map": top_map,
+                "top_se": top_se, "splits": {k: v.tolist() for k, v in splits.items()}})
 
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -267,8 +261,9 @@ def checkpoint_shape(ck: dict) -> dict:
 
 
 def load_model(path: Path, device: str = "cpu") -> tuple[DUCH, dict]:
-    """The validation-selected model of a checkpoint (the last state if none was selected)."""
-    ck = torch.load(path, map_location=device, weights_only=False)
+    """The validation-selected model of a checkpoint (the last state if none was selected),
+    verified against the sha256 in the run.json beside it and loaded without unpickling code."""
+    ck = load_checkpoint(path, device)
     s = checkpoint_shape(ck)
     model = DUCH(s["image_dim"], s["text_dim"], s["bits"], s["hidden"],
                  s["input_norm"]).to(device)

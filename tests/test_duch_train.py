@@ -45,7 +45,7 @@ def test_resume_after_interrupt_equals_uninterrupted(feats, tmp_path):
     cfg = dataclasses.replace(SMALL, epochs=4)
     whole = train(cfg, feats, tmp_path / "whole", **QUIET)
     train(cfg, feats, tmp_path / "cut", stop_after=2, **QUIET)  # "interrupted" after epoch 2
-    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 1
     resumed = train(cfg, feats, tmp_path / "cut", resume=True, **QUIET)
     assert resumed.history == whole.history
@@ -157,13 +157,14 @@ def test_l2_input_norm_ignores_embedding_norms(feats):
 
 
 def test_checkpoint_from_before_input_norm_loads_as_raw_input(feats, tmp_path):
+    from hashing.checkpoint import save_checkpoint
     from hashing.train import load_model
 
     cfg = dataclasses.replace(SMALL, input_norm="none", epochs=2)
     train(cfg, feats, tmp_path, **QUIET)
-    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del ck["shape"]["input_norm"]  # what a checkpoint of an earlier version holds
-    torch.save(ck, tmp_path / "checkpoint.pt")
+    save_checkpoint(tmp_path / "checkpoint.pt", ck)
     model, _ = load_model(tmp_path / "checkpoint.pt")
     assert model.input_norm == "none"
     train(dataclasses.replace(cfg, epochs=3), feats, tmp_path, resume=True, **QUIET)

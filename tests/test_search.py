@@ -57,7 +57,7 @@ def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
     from pipelines.training_data import load_archive
 
     archive = load_archive(demo_run / "image_embeddings", demo_run / "caption_embeddings")
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     splits = {k: np.asarray(v) for k, v in ck["splits"].items()}
     seed_everything(0)
     model = DUCH(archive.features.image_dim, archive.features.text_dim, bits).eval()

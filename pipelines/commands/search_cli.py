@@ -96,7 +96,10 @@ def run_inputs(run: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: is {run} a run folder of "
                           "duchkit train?")
-    return json.loads(path.read_text())["inputs"]
+    info = json.loads(path.read_text())
+    if "inputs" not in info:
+        raise ConfigError(f"{path} names no inputs: the training of {run} did not finish")
+    return info["inputs"]
 
 
 def stage_manifest(folder: Path, what: str) -> dict:
@@ -242,7 +245,10 @@ def hash_query(run: Path, modality: str, embedding: np.ndarray, device: str) -> 
     if not ck.is_file():
         raise ConfigError(f"{ck} is missing: is {run} a run folder of duchkit "
                           "train?")
-    model, _ = load_model(ck, device)
+    try:
+        model, _ = load_model(ck, device)
+    except ValueError as exc:  # CheckpointError: corrupted, swapped, truncated, foreign
+        raise ConfigError(f"duchkit search: {exc}") from None
     net = model.image if modality == "image" else model.text
     if embedding.shape[1] != net.in_dim:
         raise ConfigError(f"the query {modality} embedding has "

@@ -165,6 +165,7 @@ def codes_table(archive, model, cfg, splits: dict[str, np.ndarray]) -> pa.Table:
 def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
     """Train on an archive, write the run folder (checkpoint, run.json, codes/, metrics) and
     return the standard evaluation. Shared by `duchkit train` and `duchkit study`."""
+    from hashing.checkpoint import checkpoint_record
     from hashing.train import train
     from pipelines.stage_folder import write_stage_folder
     from pipelines.store import atomic_write_json
@@ -188,7 +189,8 @@ def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
         "config": cfg.to_json(), "inputs": archive.sources, "warnings": archive.warnings,
         "has_labels": archive.has_labels, "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map, "train_seconds": round(result.seconds, 3),
-        "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history})
+        "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history,
+        "checkpoint": checkpoint_record(out)})
     say(f"trained {cfg.bits} bits, selected epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
         f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
     return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair",
