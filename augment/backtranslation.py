@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from augment.translators import TranslatorError
+from duchkit.augment.translators import TranslatorError
 
 MODES = ("random", "chain")
 

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from duchkit.augment.precision import PRECISIONS, autocast
+
 
 def baseline_file(model_type: str, lang: str = "en") -> str | None:
     """bert-score's own rescale baseline for `model_type`, or None if it ships none."""
@@ -24,10 +26,8 @@ def baseline_file(model_type: str, lang: str = "en") -> str | None:
 
 def resolve_precision(precision: str, device: str) -> str:
     """'auto' -> fp16 on CUDA, fp32 on the CPU (where fp16 is slow and bf16 changes scores).
-    The names are the encoders' (`pipelines.encoders.PRECISIONS`); unlike an embedding, a
+    The names are the encoders' (`augment.precision.PRECISIONS`); unlike an embedding, a
     score filter must not silently run fp16 as fp32, so fp16 on the CPU is an error here."""
-    from pipelines.encoders import PRECISIONS
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "auto":
@@ -129,8 +129,6 @@ class BertScoreF1:
 
     def _embed(self, sentences: list[str], into: dict) -> None:
         from bert_score.utils import get_bert_embedding
-
-        from pipelines.encoders import autocast
 
         device = "cuda" if str(self.scorer.device).startswith("cuda") else "cpu"
 

@@ -52,8 +52,8 @@ from typing import Sequence
 
 import numpy as np
 
-from augment.caption_text import TOKEN, tokenize
-from augment.pos_tagging import DEFAULT_REPLACE_TAGS
+from duchkit.augment.caption_text import TOKEN, tokenize
+from duchkit.augment.pos_tagging import DEFAULT_REPLACE_TAGS
 
 CHOICES = ("best", "random")
 # Closed-class English words: never a noun or verb in a caption, so never a replacement for one.

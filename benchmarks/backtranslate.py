@@ -25,24 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
+from bench_results import shared_data, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
-def shared_data() -> Path:
-    env = os.environ.get("DUCHKIT_SHARED_DATA")
-    if env:
-        return Path(env)
-    for parent in REPO.parents:
-        if (parent / "shared" / "data" / "rsitmd_captions").is_dir():
-            return parent / "shared" / "data"
-    raise SystemExit("real data not found: set DUCHKIT_SHARED_DATA to the shared/data folder")
 
 
 def rsitmd_captions() -> list[str]:
@@ -55,7 +44,7 @@ def rsitmd_captions() -> list[str]:
 
 
 def model_dir() -> Path:
-    from tests.tiny_marian import build_marian
+    from duchkit.augment.tiny_marian import build_marian
 
     path = REPO / "benchmarks" / ".cache" / "marian-opus-mt-sized"
     if not (path / "config.json").is_file():
@@ -124,7 +113,7 @@ def main() -> None:
     import torch
     from transformers import MarianMTModel, MarianTokenizer
 
-    from augment.translators import CTranslate2Translator, Decoding, MarianTranslator, ModelSpec
+    from duchkit.augment.translators import CTranslate2Translator, Decoding, MarianTranslator, ModelSpec
 
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -188,7 +177,7 @@ def main() -> None:
         print(f"{name:24s} {n:5d} sentences {t:8.2f} s {n / t:9.1f}/s", flush=True)
 
     if cuda:  # the whole RSITMD caption set through a 3-hop chain, fast path, dedup + memory
-        from augment.backtranslation import BackTranslator
+        from duchkit.augment.backtranslation import BackTranslator
 
         all_caps = rsitmd_captions()
         chain = {p: ModelSpec(str(path), "bench-opus-mt-sized")
@@ -226,9 +215,7 @@ def main() -> None:
                       for kk, vv in v.items()} for k, v in results.items()},
         "torch": torch.__version__,
     }
-    out = REPO / "benchmarks" / "results" / f"backtranslate-{device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(summary, f"backtranslate-{device}.json")
     print(json.dumps(summary))
 
 

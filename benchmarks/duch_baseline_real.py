@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from duch_train import baseline_train  # noqa: E402
-from hashing.codes import pack, to_bits  # noqa: E402
-from hashing.data import split_indices  # noqa: E402
-from hashing.evaluate import evaluate_codes  # noqa: E402
-from hashing.metrics import VARIANTS  # noqa: E402
-from hashing.train import encode  # noqa: E402
-from pipelines.training_data import load_archive  # noqa: E402
+from duch_train import baseline_train
+from duchkit.hashing.codes import pack, to_bits
+from duchkit.hashing.data import split_indices
+from duchkit.hashing.evaluate import evaluate_codes
+from duchkit.hashing.metrics import VARIANTS
+from duchkit.hashing.train import encode
+from duchkit.pipelines.training_data import load_archive
+from bench_results import write_result
 
 
 def authors_loop_maps(features, bits: int, seed: int, epochs: int = 100,
@@ -85,9 +83,9 @@ def main() -> None:
         print(json.dumps({"bits": bits, **out[bits]}), flush=True)
     tag = ("-select-on-test" if args.select_on_test else "") + \
         (f"-seed{args.seed}" if args.seed else "")
-    (ROOT / "benchmarks" / "results" / f"duch_baseline_real{tag}-cpu.json").write_text(
-        json.dumps({"bench": "duch_baseline_real", "seed": args.seed, "epochs": args.epochs,
-                    "select_on_test": args.select_on_test, "results": out}, indent=2) + "\n")
+    write_result({"bench": "duch_baseline_real", "seed": args.seed, "epochs": args.epochs,
+                  "select_on_test": args.select_on_test, "results": out},
+                 f"duch_baseline_real{tag}-cpu.json")
 
 
 if __name__ == "__main__":

@@ -29,18 +29,16 @@ import contextlib
 import hashlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from hashing.metrics import VARIANTS  # noqa: E402
-from pipelines.cli import main as duchkit  # noqa: E402
+from duchkit.hashing.metrics import VARIANTS
+from duchkit.pipelines.cli import main as duchkit
+from bench_results import write_result
 
 BAR = {  # REFERENCE.md: the authors' trainer on the offline-profile features, UCM, mAP@20
     "authors": {"i2t": [.832, .876, .924, .925], "t2i": [.879, .951, .979, .976]},
@@ -169,10 +167,9 @@ def compare(a: Path, b: Path, tag: str) -> None:
     times = ", ".join(f"{bits} bits {r['train_s_a_over_b']:.2f}" for bits, r in rows.items())
     table = (difference_table(rows, "a_minus_b", f"A minus B ({a.name} minus {b.name})", "A")
              + f"\n\nTraining time, A / B (median over seeds): {times}")
-    out = ROOT / "benchmarks" / "results" / f"duch_quality-compare{tag}-cpu.json"
-    out.write_text(json.dumps({"bench": "duch_quality", "device": "cpu", "a": a.name,
-                               "b": b.name, "extra_a": ra["extra"], "extra_b": rb["extra"],
-                               "results": rows, "table": table}, indent=2) + "\n")
+    write_result({"bench": "duch_quality", "device": "cpu", "a": a.name, "b": b.name,
+                  "extra_a": ra["extra"], "extra_b": rb["extra"], "results": rows,
+                  "table": table}, f"duch_quality-compare{tag}-cpu.json")
     print(table)
 
 
@@ -191,13 +188,10 @@ def pool(paths: list[Path], tag: str) -> Path:
                 raise SystemExit(f"{bits} bits: a seed appears in two of the pooled files")
             seeds += row["seeds"]
     rows = {bits: cell(seeds, int(bits)) for bits, seeds in rows.items()}
-    out = ROOT / "benchmarks" / "results" / f"duch_quality-{setting['protocol']}{tag}-cpu.json"
-    out.write_text(json.dumps({"bench": "duch_quality", "device": "cpu", **setting,
-                               "seeds": sorted({s["seed"] for r in rows.values()
-                                                for s in r["seeds"]}),
-                               "pooled_from": [p.name for p in paths], "results": rows,
-                               "table": ""}, indent=2) + "\n")
-    return out
+    return write_result({"bench": "duch_quality", "device": "cpu", **setting,
+                         "seeds": sorted({s["seed"] for r in rows.values() for s in r["seeds"]}),
+                         "pooled_from": [p.name for p in paths], "results": rows, "table": ""},
+                        f"duch_quality-{setting['protocol']}{tag}-cpu.json")
 
 
 def main() -> None:
@@ -231,7 +225,7 @@ def main() -> None:
                  "--protocol paper or paper-eval")
     archive = None
     if args.baseline:
-        from pipelines.training_data import load_archive
+        from duchkit.pipelines.training_data import load_archive
 
         archive = load_archive(args.features / "image_embeddings",
                                args.features / "text_embeddings")
@@ -301,8 +295,7 @@ def main() -> None:
               "epochs": args.epochs, "seeds": args.seeds, "extra": args.extra,
               "baseline": args.baseline,
               "results": rows, "table": table}
-    out = ROOT / "benchmarks" / "results" / f"duch_quality-{args.protocol}{args.tag}-cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, f"duch_quality-{args.protocol}{args.tag}-cpu.json")
     print(json.dumps({k: v for k, v in result.items() if k != "results"}))
 
 

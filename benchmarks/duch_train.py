@@ -32,15 +32,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from hashing.codes import pack, to_bits  # noqa: E402
-from hashing.data import split_indices  # noqa: E402
-from hashing.evaluate import evaluate_codes  # noqa: E402
-from hashing.losses import nt_xent  # noqa: E402
-from hashing.model import DUCH  # noqa: E402
-from hashing.synthetic import class_structured  # noqa: E402
-from hashing.train import TrainConfig, encode, train  # noqa: E402
+from duchkit.hashing.codes import pack, to_bits
+from duchkit.hashing.data import split_indices
+from duchkit.hashing.evaluate import evaluate_codes
+from duchkit.hashing.losses import nt_xent
+from duchkit.hashing.model import DUCH
+from duchkit.hashing.synthetic import class_structured
+from duchkit.hashing.train import TrainConfig, encode, train
+from bench_results import write_result
 
 SIZES = {"ucm": (2100, 21), "rsicd": (10921, 31)}
 
@@ -212,9 +212,7 @@ def main() -> None:
     # one file per setting, so a run of another size or option does not overwrite the default
     suffix = ("" if args.size == "ucm" else f"-{args.size}") + ("-amp" if args.amp else "") + \
         ("-compile" if args.compile else "")
-    out = ROOT / "benchmarks" / "results" / f"duch_train-{args.device}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, f"duch_train-{args.device}{suffix}.json")
     if not equivalent:
         print(f"warning: quality differs: ours {q_ours}, baseline {q_base}", file=sys.stderr)
     print(json.dumps(result))

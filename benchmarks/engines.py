@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from pipelines.config import build_config  # noqa: E402
-from pipelines.runner import ingest, run_stage  # noqa: E402
-from pipelines.stage import StageContext  # noqa: E402
-from pipelines.store import StageStore  # noqa: E402
-from tests.conftest import find_shared_data  # noqa: E402
+from duchkit.pipelines.config import build_config
+from duchkit.pipelines.runner import ingest, run_stage
+from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.store import StageStore
+from bench_results import shared_data, write_result
 
 
 def _value(text: str):
@@ -40,7 +38,7 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    data = find_shared_data()
+    data = shared_data()
     if args.quick:
         dataset = {"captions": str(data / "ucm" / "captions.json"),
                    "images": str(data / "ucm" / "images"),
@@ -88,10 +86,8 @@ def main() -> None:
               "ray_2_workers_rows_per_s": round(rows / t_ray, 1),
               "ray_startup_s": round(ray_startup, 2), "identical_shards": True,
               "note": "ours = Ray Data engine, 2 workers; baseline = local engine, 1 process"}
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.stage_kind == "normalise-captions" else f"-{args.stage_kind}"
-    (out / f"engines{suffix}-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, f"engines{suffix}-cpu.json")
     print(json.dumps(result))
 
 

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from hashing.codes import to_signs, unpack  # noqa: E402
-from hashing.retrieval import hamming_signs, rank_torch, top_k_packed  # noqa: E402
+from duchkit.hashing.codes import to_signs, unpack
+from duchkit.hashing.retrieval import hamming_signs, rank_torch, top_k_packed
+from bench_results import write_result
 
 K = 20
 
@@ -101,8 +101,8 @@ def main() -> None:
         np_idx, _ = top_k_packed(q[:n_np], db, K, kernel="numpy")
         numpy_rate = round(n_np / (time.perf_counter() - t), 1)
         identical = identical and bool((np_idx == ours_idx[:n_np]).all())
-        from hashing.hamming_kernel import top_k_words
-        from hashing.retrieval import code_words
+        from duchkit.hashing.hamming_kernel import top_k_words
+        from duchkit.hashing.retrieval import code_words
 
         columns = np.ascontiguousarray(code_words(db).T)
         single = q[:50]
@@ -136,8 +136,7 @@ def main() -> None:
             result["faiss_single_query_ms"] = single_query_ms(lambda x: index.search(x, K), q[:50])
     except ImportError:
         result["faiss_per_s"] = None
-    out = ROOT / "benchmarks" / "results" / f"hamming_search-{args.device}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, f"hamming_search-{args.device}.json")
     if not identical:
         print("error: ours (compiled or numpy) and the baseline disagree on the top-20",
               file=sys.stderr)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,29 +51,21 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
 
-from augment import image_views as iv  # noqa: E402
-from pipelines.encoders import load_image_encoder  # noqa: E402
-from pipelines.readers import DatasetSpec, read_dataset  # noqa: E402
-from pipelines.stage import StageContext  # noqa: E402
-from pipelines.stages.augment_images import AugmentImages  # noqa: E402
-from pipelines.stages.embed import (EmbedImages, default_batch_size,  # noqa: E402
-                                    default_loader_workers)
+from duchkit.augment import image_views as iv
+from duchkit.pipelines.encoders import load_image_encoder
+from duchkit.pipelines.readers import DatasetSpec, read_dataset
+from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.stages.augment_images import AugmentImages
+from duchkit.pipelines.stages.embed import (EmbedImages, default_batch_size,
+                                            default_loader_workers)
+from bench_results import shared_data, write_result
 
 
-def shared_data() -> Path:
-    env = os.environ.get("DUCHKIT_SHARED_DATA")
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "shared" / "data" / "ucm" / "captions.json").is_file():
-            return parent / "shared" / "data"
-    raise SystemExit("shared data not found: set DUCHKIT_SHARED_DATA")
 
 
 def ucm_records(n_images: int) -> pa.Table:
@@ -318,9 +309,7 @@ def main() -> None:
     }
     suffix = ("" if args.precision in ("auto", "fp32") else f"-{args.precision}") + \
         ("-quick" if args.quick else "")  # a quick run never overwrites a full run's figures
-    out = ROOT / "benchmarks" / "results" / f"image_embed-{args.device}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, f"image_embed-{args.device}{suffix}.json")
     print(json.dumps(result))
 
 

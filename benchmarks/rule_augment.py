@@ -38,28 +38,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from augment.bertscore_filter import BertScoreF1, make_scorer, resolve_precision  # noqa: E402
-from augment.caption_text import tokenize  # noqa: E402
-from augment.glove_neighbours import GloveNeighbours  # noqa: E402
-from augment.pos_tagging import SpacyTagger  # noqa: E402
-from augment.rule_augment import RuleAugmenter, RuleConfig, match_case, split_caption  # noqa
-from pipelines.encoders import autocast as encoder_autocast  # noqa: E402
-from pipelines.stages.rule_augment import load_package_glove  # noqa: E402
+from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer, resolve_precision
+from duchkit.augment.caption_text import tokenize
+from duchkit.augment.glove_neighbours import GloveNeighbours
+from duchkit.augment.pos_tagging import SpacyTagger
+from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig, match_case, split_caption  # noqa
+from duchkit.pipelines.encoders import autocast as encoder_autocast
+from duchkit.pipelines.stages.rule_augment import load_package_glove
+from bench_results import shared_data, write_result
 
 TOP_N, GLOVE_T, BERT_T = 10, 0.65, 0.75
 
 
-def shared_data() -> Path:
-    env = os.environ.get("DUCHKIT_SHARED_DATA")
-    if env:
-        return Path(env)
-    for parent in REPO.parents:
-        if (parent / "shared" / "data" / "ucm" / "captions.json").is_file():
-            return parent / "shared" / "data"
-    raise SystemExit("shared/data not found: set DUCHKIT_SHARED_DATA")
 
 
 def load_captions(name: str, quick: bool) -> list[str]:
@@ -227,9 +219,7 @@ def main() -> None:
         result["estimated_full_ucm_ratio"] = round(10500 / (per_distinct * 2032) / base_rate, 1)
     line = json.dumps(result)
     suffix = "" if precision == "fp32" else f"-{precision}"
-    out = REPO / "benchmarks" / "results" / f"rule_augment-{args.device}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, f"rule_augment-{args.device}{suffix}.json")
     print(line)
     if mismatches and precision == "fp32":
         sys.exit(1)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import shutil
 import string
-import sys
 import time
 from pathlib import Path
 
@@ -33,10 +32,9 @@ import torch
 from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipelines.schema import CAPTION_EMBEDDING, IMAGE_EMBEDDING, embedding_field  # noqa: E402
-from pipelines.stage_folder import write_stage_folder  # noqa: E402
+from duchkit.pipelines.schema import CAPTION_EMBEDDING, IMAGE_EMBEDDING, embedding_field
+from duchkit.pipelines.stage_folder import write_stage_folder
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -103,7 +101,7 @@ pooling = "sum4-mean"
 def rule_augmented_captions(data: Path, out: Path, seed: int) -> None:
     """Caption + rule-augmented caption embeddings by duchkit's pipeline, as OUT/text_embeddings
     (a link to the pipeline's embed-texts stage folder)."""
-    from pipelines.cli import main as duchkit
+    from duchkit.pipelines.cli import main as duchkit
 
     run = out / "_pipeline"
     run.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class TrainConfig:
     checkpoint_every: int = 1
 
     def weights(self):
-        from hashing.losses import LossWeights
+        from duchkit.hashing.losses import LossWeights
 
         scale = self.weights_ref_bits / self.bits if self.weights_ref_bits else 1.0
         return LossWeights(self.alpha, self.beta * scale, self.gamma * scale, self.lambda_image,

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hashing.metrics import PK_KS, evaluate_direction
+from duchkit.hashing.metrics import PK_KS, evaluate_direction
 
 DIRECTIONS = {"i2t": ("image", "text"), "t2i": ("text", "image"),
               "i2i": ("image", "image"), "t2t": ("text", "text")}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hashing.config import REDUCTIONS
+from duchkit.hashing.config import REDUCTIONS
 
 
 def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

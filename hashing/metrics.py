@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hashing.config import MAP_VARIANTS as VARIANTS
-from hashing.retrieval import hamming_packed, rank, rank_torch
+from duchkit.hashing.config import MAP_VARIANTS as VARIANTS
+from duchkit.hashing.retrieval import hamming_packed, rank, rank_torch
 
 PK_KS = tuple(range(5, 201, 5))
 

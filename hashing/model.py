@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashing.config import INPUT_NORMS
+from duchkit.hashing.config import INPUT_NORMS
 
 HIDDEN = 4096
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from hashing.codes import as_words
+from duchkit.hashing.codes import as_words
 
 
 def code_words(codes: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ def search(query_packed: np.ndarray, database_packed: np.ndarray, k: int = 20):
 def kernel_available() -> bool:
     """Whether the compiled top-k (hashing.hamming_kernel, needs numba) can run here."""
     try:
-        import hashing.hamming_kernel  # noqa: F401
+        import duchkit.hashing.hamming_kernel  # noqa: F401
     except ImportError:
         return False
     return True
@@ -90,7 +90,7 @@ def top_k_packed(query: np.ndarray, database: np.ndarray, k: int = 20,
         raise ValueError(f"kernel must be auto, compiled or numpy, not {kernel!r}")
     if kernel == "numpy" or (kernel == "auto" and not kernel_available()):
         return top_k_numpy(query, database, k, threads)
-    from hashing.hamming_kernel import top_k_words
+    from duchkit.hashing.hamming_kernel import top_k_words
 
     q, db = code_words(query), code_words(database)
     k = min(k, db.shape[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hashing.data import Features
+from duchkit.hashing.data import Features
 
 
 def class_structured(n_images: int = 400, n_classes: int = 8, image_dim: int = 64,

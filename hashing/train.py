@@ -23,13 +23,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hashing.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, \
+from duchkit.hashing.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, \
     set_rng_states
-from hashing.data import Features, split_indices
-from hashing.config import ABLATIONS, TrainConfig  # noqa: F401  (re-exported)
-from hashing.losses import binary_target, discriminator_loss, hashing_losses
-from hashing.metrics import map_at_k_torch
-from hashing.model import DUCH
+from duchkit.hashing.data import Features, split_indices
+from duchkit.hashing.config import ABLATIONS, TrainConfig  # noqa: F401  (re-exported)
+from duchkit.hashing.losses import binary_target, discriminator_loss, hashing_losses
+from duchkit.hashing.metrics import map_at_k_torch
+from duchkit.hashing.model import DUCH
 
 @dataclass
 class TrainResult:

@@ -16,17 +16,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from pipelines.commands import backtranslation_cli, rule_cli
-from pipelines.engines import EngineUnavailable
-from pipelines.readers import DatasetError
-from pipelines.stage import ConfigError
-from pipelines.version import __version__
+from duchkit.pipelines.commands import backtranslation_cli, rule_cli
+from duchkit.pipelines.engines import EngineUnavailable
+from duchkit.pipelines.readers import DatasetError
+from duchkit.pipelines.stage import ConfigError
+from duchkit.pipelines.version import __version__
 
 EXIT_USAGE = 2
 
 
 def demo_config_path() -> Path:
-    return Path(str(resources.files("pipelines") / "demo" / "demo.toml"))
+    return Path(str(resources.files("duchkit.pipelines") / "demo" / "demo.toml"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace):
-    from pipelines.config import load_config
+    from duchkit.pipelines.config import load_config
 
     overrides = {k: getattr(args, k, None) for k in
                  ("out", "device", "seed", "workers", "shard_rows", "lenient", "engine",
@@ -56,7 +56,7 @@ def load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_pipeline
+    from duchkit.pipelines.runner import run_pipeline
 
     config = load(args)
     if args.dry_run:
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = config.run.out
     study_report = None
     if "study" in config.extra:  # e.g. the demo ends with a short study on its embeddings
-        from pipelines.study import run_study
+        from duchkit.pipelines.study import run_study
 
         spec = config.extra["study"].get("config", "demo")
         study = _study(spec if spec == "demo" else config.source.parent / spec, args, out,
@@ -92,14 +92,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipelines.inspect import describe
+    from duchkit.pipelines.inspect import describe
 
     print(describe(args.dir))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.export import export
+    from duchkit.pipelines.export import export
 
     path = export(args.dir, args.format, args.stage or None, args.output)
     print(f"wrote {path}")
@@ -113,9 +113,9 @@ def run_one_stage(args: argparse.Namespace, kind: str, name: str, values: dict,
     The stage subcommands (augment-text, augment-images, embed) are thin wrappers over this:
     the stage lands in `<out>/<name>` exactly as it would inside `duchkit run`. `prior(out,
     names)` may add stages an earlier subcommand wrote into the output folder."""
-    from pipelines.config import StageEntry
-    from pipelines.runner import run_pipeline
-    from pipelines.stages import stage_class
+    from duchkit.pipelines.config import StageEntry
+    from duchkit.pipelines.runner import run_pipeline
+    from duchkit.pipelines.stages import stage_class
 
     config = load(args)
     where = f"duchkit {args.command}"
@@ -152,7 +152,7 @@ def cmd_augment_text(args: argparse.Namespace) -> int:
 
 def _study(name_or_path: str | Path, args: argparse.Namespace, out: Path | None,
            dataset_from: Path | None = None):
-    from pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study
+    from duchkit.pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study
 
     path = (builtin_study_path(str(name_or_path)) if str(name_or_path) in BUILTIN_STUDIES
             else Path(name_or_path))
@@ -168,7 +168,7 @@ def _study(name_or_path: str | Path, args: argparse.Namespace, out: Path | None,
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from pipelines.study import run_study
+    from duchkit.pipelines.study import run_study
 
     study = _study(args.config, args, args.out)
     if args.dry_run:
@@ -215,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     rule_cli.add_arguments(p)
     p.set_defaults(func=cmd_augment_text)
 
-    from pipelines.cli_embed import add_commands as add_image_and_embed_commands
+    from duchkit.pipelines.cli_embed import add_commands as add_image_and_embed_commands
 
     add_image_and_embed_commands(sub, _common, run_one_stage)
-    from pipelines.study import BUILTIN_STUDIES
+    from duchkit.pipelines.study import BUILTIN_STUDIES
 
     p = sub.add_parser("study", help="the augmentation comparison study: a grid of variants, "
                        "DUCH per cell and seed, a report")
@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
-    from pipelines.commands.search_cli import add_parser as add_search_parser
-    from pipelines.commands.train_cli import add_parsers as add_train_parsers
+    from duchkit.pipelines.commands.search_cli import add_parser as add_search_parser
+    from duchkit.pipelines.commands.train_cli import add_parsers as add_train_parsers
 
     add_train_parsers(sub)  # train, evaluate
     add_search_parser(sub)

@@ -20,8 +20,8 @@ from typing import Callable
 
 def prior_entries(out: Path, names: set[str]) -> list:
     """Stages found in `out` (written by earlier subcommands) that the config does not name."""
-    from pipelines.config import StageEntry
-    from pipelines.stages import stage_class
+    from duchkit.pipelines.config import StageEntry
+    from duchkit.pipelines.stages import stage_class
 
     entries = []
     for manifest in sorted(Path(out).glob("*/_manifest.json")):

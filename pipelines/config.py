@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.readers import DatasetError, DatasetSpec
-from pipelines.stage import ConfigError, Stage
+from duchkit.pipelines.readers import DatasetError, DatasetSpec
+from duchkit.pipelines.stage import ConfigError, Stage
 
 SOURCE_STAGE = "records"  # the reader's output, the input of the first stage
 
@@ -88,7 +88,7 @@ def _resolve(base: Path, value: Any) -> Any:
 
 def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
                  overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    from pipelines.stages import stage_class
+    from duchkit.pipelines.stages import stage_class
 
     where = str(source or "config")
     known = {"dataset", "run", "stages", "train", "evaluate", "study"}

@@ -31,28 +31,13 @@ from typing import Sequence
 
 import numpy as np
 
-from pipelines.model_sources import ModelSource, parse_source
-from pipelines.stage import ConfigError
+from duchkit.augment.precision import PRECISIONS, autocast  # noqa: F401  (the encoders' API)
+from duchkit.pipelines.model_sources import ModelSource, parse_source
+from duchkit.pipelines.stage import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POOLINGS = ("sum4-mean", "mean", "cls")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def autocast(device: str, precision: str):
-    """fp16/bf16 autocast on CUDA ('auto' = fp16). On the CPU, fp32 unless bf16 is asked for:
-    CPUs with AMX (Xeon Sapphire Rapids and later) run bf16 convolutions and matmuls several
-    times faster, most others slower, and bf16 moves embeddings slightly (cosine ~0.999 to
-    fp32), so it is the user's call, never a silent default. fp16 is CUDA-only (fp32 on CPU)."""
-    import torch
-
-    if precision == "fp32" or (device != "cuda" and precision != "bf16"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda" if device == "cuda" else "cpu", dtype=dtype)
-
-
 # ---------------------------------------------------------------- images
 
 @dataclass
@@ -228,7 +213,7 @@ def load_image_encoder(spec: str, arch: str | None = None, input_size: int = 224
 def _finish(model, input_size, source, arch_id, weights, mean, std, fold_bn) -> ImageEncoder:
     import torch
 
-    from pipelines.fold_batchnorm import fold_batchnorm
+    from duchkit.pipelines.fold_batchnorm import fold_batchnorm
 
     folded = 0
     if fold_bn:

@@ -16,8 +16,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.stage import Stage, StageContext
-from pipelines.store import ShardStatus, StageStore
+from duchkit.pipelines.stage import Stage, StageContext
+from duchkit.pipelines.store import ShardStatus, StageStore
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def make_engine(name: str, workers: int = 1, address: str | None = None):
     if name == "local":
         return LocalEngine(workers)
     if name == "ray":
-        from pipelines.ray_engine import RayEngine
+        from duchkit.pipelines.ray_engine import RayEngine
 
         return RayEngine(workers=max(2, workers) if workers == 1 else workers, address=address)
     raise ValueError(f"unknown engine {name!r}; available: {ENGINES}")

@@ -18,10 +18,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.config import SOURCE_STAGE
-from pipelines.stage import ConfigError
-from pipelines.store import MANIFEST, StageStore, atomic_write_bytes
-from pipelines.version import __version__
+from duchkit.pipelines.config import SOURCE_STAGE
+from duchkit.pipelines.stage import ConfigError
+from duchkit.pipelines.store import MANIFEST, StageStore, atomic_write_bytes
+from duchkit.pipelines.version import __version__
 
 FORMATS = ("captions-json", "jsonl", "csv")
 SUFFIX = {"captions-json": ".json", "jsonl": ".jsonl", "csv": ".csv"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.store import MANIFEST, SHARD_GLOB, StageStore
+from duchkit.pipelines.store import MANIFEST, SHARD_GLOB, StageStore
 
 
 def _stage_dirs(root: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from pipelines.stage import ConfigError
+from duchkit.pipelines.stage import ConfigError
 
 # distribution -> (module, how to find the model inside it)
 OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {

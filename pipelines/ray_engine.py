@@ -16,9 +16,9 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from pipelines.engines import EngineUnavailable, ShardTask, run_shard
-from pipelines.stage import Stage, StageContext
-from pipelines.store import ShardStatus
+from duchkit.pipelines.engines import EngineUnavailable, ShardTask, run_shard
+from duchkit.pipelines.stage import Stage, StageContext
+from duchkit.pipelines.store import ShardStatus
 
 INSTALL_HINT = ("the Ray engine needs Ray Data: pip install 'duchkit[ray]' "
                 "(or pip install 'ray[data]')")
@@ -56,7 +56,7 @@ class ShardActor:
     def __init__(self, stage: Stage, ctx: StageContext, schema: pa.Schema):
         import os
 
-        from pipelines.engines import IN_WORKER
+        from duchkit.pipelines.engines import IN_WORKER
 
         os.environ[IN_WORKER] = "1"  # the engine parallelises; stages keep to one process
         stage.setup(ctx)

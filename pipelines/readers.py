@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.schema import RECORD_SCHEMA, SPLIT_ALIASES
+from duchkit.pipelines.schema import RECORD_SCHEMA, SPLIT_ALIASES
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 LAYOUTS = ("captions-json", "precomp")

@@ -17,15 +17,15 @@ from typing import Any
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipelines.config import SOURCE_STAGE, PipelineConfig, StageEntry
-from pipelines.engines import ShardTask, make_engine
-from pipelines.readers import (DatasetError, DatasetSpec, describe_problems, problems_table,
+from duchkit.pipelines.config import SOURCE_STAGE, PipelineConfig, StageEntry
+from duchkit.pipelines.engines import ShardTask, make_engine
+from duchkit.pipelines.readers import (DatasetError, DatasetSpec, describe_problems, problems_table,
                                read_dataset)
-from pipelines.schema import RECORD_SCHEMA, with_stage_metadata
-from pipelines.stage import StageContext
-from pipelines.store import (StageStore, atomic_write_json, fingerprint, sha256_file,
+from duchkit.pipelines.schema import RECORD_SCHEMA, with_stage_metadata
+from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.store import (StageStore, atomic_write_json, fingerprint, sha256_file,
                              write_table)
-from pipelines.version import __version__
+from duchkit.pipelines.version import __version__
 
 log = logging.getLogger("duchkit")
 

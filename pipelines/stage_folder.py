@@ -8,8 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.store import StageStore, atomic_write_json, fingerprint
-from pipelines.version import __version__
+from duchkit.pipelines.store import StageStore, atomic_write_json, fingerprint
+from duchkit.pipelines.version import __version__
 
 
 def write_stage_folder(root: Path, table: pa.Table, stage: str, kind: str,

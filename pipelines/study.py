@@ -31,17 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import StageEntry, build_config, read_config_file
-from pipelines.report_html import render as render_html
-from pipelines.stage import ConfigError
-from pipelines.store import atomic_write_bytes, atomic_write_json, fingerprint
+from duchkit.pipelines.config import StageEntry, build_config, read_config_file
+from duchkit.pipelines.report_html import render as render_html
+from duchkit.pipelines.stage import ConfigError
+from duchkit.pipelines.store import atomic_write_bytes, atomic_write_json, fingerprint
 
 BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4", "fig5")
 TASKS = ("i2t", "t2i")
 
 
 def builtin_study_path(name: str) -> Path:
-    return Path(str(resources.files("pipelines") / "studies" / f"{name}.toml"))
+    return Path(str(resources.files("duchkit.pipelines") / "studies" / f"{name}.toml"))
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _hash(value: Any) -> str:
 
 
 def _stage(kind: str, name: str, inp: str, values: dict[str, Any], where: str) -> StageEntry:
-    from pipelines.stages import stage_class
+    from duchkit.pipelines.stages import stage_class
 
     return StageEntry(name, stage_class(kind, where).from_config(values, where), inp)
 
@@ -101,7 +101,7 @@ def load_study(path: Path, dataset_from: Path | None = None,
         data = dict(data, dataset=odata["dataset"])
         run_values.update(odata.get("run") or {})
         base_dir = other.parent
-    from pipelines.cli import demo_config_path
+    from duchkit.pipelines.cli import demo_config_path
 
     base_pipeline = study.get("pipeline")
     base_stages: list = []
@@ -191,7 +191,7 @@ def load_study(path: Path, dataset_from: Path | None = None,
 
 
 def _train_config(cell: Cell, seed: int, device: str):
-    from hashing.config import TrainConfig
+    from duchkit.hashing.config import TrainConfig
 
     values = dict(cell.train)
     if "betas" in values:
@@ -205,9 +205,9 @@ def _train_config(cell: Cell, seed: int, device: str):
 
 def run_study(study: Study, progress: bool = True, say=print) -> dict[str, Any]:
     """Compute the shared stages once, then every missing cell x seed; write the report."""
-    from pipelines.commands.train_cli import train_run
-    from pipelines.runner import resolve_device, run_pipeline, setup_logging
-    from pipelines.training_data import load_archive
+    from duchkit.pipelines.commands.train_cli import train_run
+    from duchkit.pipelines.runner import resolve_device, run_pipeline, setup_logging
+    from duchkit.pipelines.training_data import load_archive
 
     out = study.pipeline.run.out
     setup_logging(out)
@@ -271,7 +271,7 @@ def collect(study: Study) -> list[dict[str, Any]]:
 
 
 def _train_value(cell: Cell, key: str):
-    from hashing.config import TrainConfig
+    from duchkit.hashing.config import TrainConfig
 
     return cell.train.get(key, getattr(TrainConfig(), key))
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from hashing.data import Features
-from pipelines.schema import AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING
-from pipelines.store import StageStore
+from duchkit.hashing.data import Features
+from duchkit.pipelines.schema import AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING
+from duchkit.pipelines.store import StageStore
 
 log = logging.getLogger("duchkit")
 

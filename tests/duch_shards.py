@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hashing.data import Features
-from pipelines.schema import (AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING,
+from duchkit.hashing.data import Features
+from duchkit.pipelines.schema import (AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING,
                               embedding_field)
-from pipelines.stage_folder import write_stage_folder
+from duchkit.pipelines.stage_folder import write_stage_folder
 
 
 def _emb(name: str, m: np.ndarray) -> tuple[pa.Field, pa.Array]:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from pipelines.stage import Stage, StageContext
+from duchkit.pipelines.stage import Stage, StageContext
 
 
 @dataclass

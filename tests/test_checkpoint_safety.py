@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.checkpoint import CheckpointError, load_checkpoint, sha256_file
-from hashing.synthetic import class_structured
-from hashing.train import TrainConfig, load_model, train
-from pipelines.cli import main
+from duchkit.hashing.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from duchkit.hashing.synthetic import class_structured
+from duchkit.hashing.train import TrainConfig, load_model, train
+from duchkit.pipelines.cli import main
 from tests.duch_shards import write_stages
 
 SMALL = TrainConfig(bits=16, epochs=2, batch_size=64, hidden=64, seed=3)
@@ -114,8 +114,8 @@ def test_cli_resume_of_a_hostile_checkpoint_exits_2_without_running_it(feats, tm
     assert str(ck) in err and "could run code" in err
     assert "Traceback" not in err
     assert not marker.exists()
-    from pipelines.commands.search_cli import hash_query
-    from pipelines.stage import ConfigError
+    from duchkit.pipelines.commands.search_cli import hash_query
+    from duchkit.pipelines.stage import ConfigError
 
     with pytest.raises(ConfigError, match="could run code"):  # what search and its CLI use
         hash_query(run, "text", np.zeros((1, 12), np.float32), "cpu")

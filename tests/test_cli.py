@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
-from pipelines.cli import main
+from duchkit.pipelines.cli import main
 
 
 # demo_run: the session fixture of conftest.py (shared with test_search.py)
@@ -73,7 +73,7 @@ def test_the_command_line_builds_without_importing_torch_or_transformers():
     import subprocess
     import sys
 
-    code = ("import sys; from pipelines.cli import build_parser; build_parser(); "
+    code = ("import sys; from duchkit.pipelines.cli import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)

@@ -7,13 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hashing.data import paper_caption_choice
-from hashing.synthetic import class_structured
-from pipelines.cli import main
-from pipelines.commands.train_cli import one_caption_rows
-from pipelines.stage import ConfigError
-from pipelines.store import StageStore
-from pipelines.training_data import load_archive
+from duchkit.hashing.data import paper_caption_choice
+from duchkit.hashing.synthetic import class_structured
+from duchkit.pipelines.cli import main
+from duchkit.pipelines.commands.train_cli import one_caption_rows
+from duchkit.pipelines.stage import ConfigError
+from duchkit.pipelines.store import StageStore
+from duchkit.pipelines.training_data import load_archive
 from tests.duch_shards import write_stages
 
 # 20 epochs: at 10, T->I sat at 0.75 +- 0.002 (the assertion's edge) with raw or L2 inputs
@@ -149,8 +149,8 @@ def test_bad_shards_are_named(feats, tmp_path, capsys):
 
 
 def test_every_train_option_reaches_the_config():
-    from pipelines.cli import build_parser
-    from pipelines.commands.train_cli import _config
+    from duchkit.pipelines.cli import build_parser
+    from duchkit.pipelines.commands.train_cli import _config
 
     args = build_parser().parse_args(
         ["train", "--images", "i", "--texts", "t", "--out", "o", "--device", "cpu",

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from hashing.losses import (LossWeights, binary_target, bit_balance_loss, discriminator_loss,
+from duchkit.hashing.losses import (LossWeights, binary_target, bit_balance_loss, discriminator_loss,
                             generator_adversarial_loss, hashing_losses, nt_xent,
                             quantisation_loss)
-from hashing.model import DUCH
+from duchkit.hashing.model import DUCH
 
 
 def cos(u, v):
@@ -106,7 +106,7 @@ def test_zero_weights_remove_their_terms():
 
 
 def test_binarisation_weights_are_per_bit_at_the_reference_length():
-    from hashing.config import TrainConfig
+    from duchkit.hashing.config import TrainConfig
 
     # quantisation and bit balance grow with the code length: per-sample sums over the K bits
     h = [torch.rand(6, 128) * 2 - 1 for _ in range(4)]

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.codes import as_words, pack, to_signs, unpack
-from hashing.metrics import (authors_average_precision, average_precision_at_k,
+from duchkit.hashing.codes import as_words, pack, to_signs, unpack
+from duchkit.hashing.metrics import (authors_average_precision, average_precision_at_k,
                              evaluate_direction, map_at_k_torch)
-from hashing.retrieval import hamming_packed, hamming_signs, rank, rank_torch, search
+from duchkit.hashing.retrieval import hamming_packed, hamming_signs, rank, rank_torch, search
 
 
 def naive_ranking(q_bits, db_bits):
@@ -113,7 +113,7 @@ def test_the_three_normalisations_when_hits_come_late():
 
 
 def test_bounded_top_k_equals_full_ranking():
-    from hashing.retrieval import top_k_packed
+    from duchkit.hashing.retrieval import top_k_packed
 
     rng = np.random.default_rng(5)
     for bits in (16, 64, 128):

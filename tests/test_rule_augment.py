@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from augment.caption_text import tokenize
-from augment.rule_augment import (CHANGED, EMPTY, FUNCTION_WORDS, NO_WORDS, RuleAugmenter,
+from duchkit.augment.caption_text import tokenize
+from duchkit.augment.rule_augment import (CHANGED, EMPTY, FUNCTION_WORDS, NO_WORDS, RuleAugmenter,
                                   RuleConfig, split_caption)
-from pipelines.stage import StageContext
-from pipelines.stages.rule_augment import RuleAugment
+from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.stages.rule_augment import RuleAugment
 
 THRESHOLD = 0.75
 
@@ -42,8 +42,8 @@ def fresh(stage, shared: bool = True, **config) -> RuleAugmenter:
     F1 of a pair and the tags of a sentence do not depend on the config: sharing the stage's
     caches keeps this file's runtime down)."""
     a = stage.augmenter
-    from augment.bertscore_filter import BertScoreF1
-    from augment.glove_neighbours import GloveNeighbours
+    from duchkit.augment.bertscore_filter import BertScoreF1
+    from duchkit.augment.glove_neighbours import GloveNeighbours
 
     if shared:
         aug = RuleAugmenter(a.tagger, a.neighbours, a.scorer, RuleConfig(**config))
@@ -221,7 +221,7 @@ def test_bad_rows_have_a_reason_and_never_crash(stage):
 
 
 def test_config_errors_name_the_field(tmp_path):
-    from pipelines.stage import ConfigError
+    from duchkit.pipelines.stage import ConfigError
 
     cases = [({"tagger": "treetagger"}, "tagger"),
              ({"vectors": str(tmp_path / "missing.txt")}, "vectors"),
@@ -241,7 +241,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_unavailable_models_fail_at_setup_naming_the_field(tmp_path):
-    from pipelines.stage import ConfigError
+    from duchkit.pipelines.stage import ConfigError
 
     (tmp_path / "stanza").mkdir()
     with pytest.raises(ConfigError, match="tagger_model.*stanza"):
@@ -292,7 +292,7 @@ def test_windowed_tags_equal_whole_sentence_tags(stage, ucm_captions):
 
 
 def test_bf16_scores_stay_close_to_fp32(stage, sample):
-    from augment.bertscore_filter import BertScoreF1
+    from duchkit.augment.bertscore_filter import BertScoreF1
 
     scorer = stage.augmenter.scorer.scorer
     cands = [r.augmented for r in fresh(stage).augment(sample[:20]) if r.changed]
@@ -307,7 +307,7 @@ def test_bf16_scores_stay_close_to_fp32(stage, sample):
 def test_bertscore_batches_carry_no_padding(stage, ucm_captions):
     """Sentences are batched by exact token count: every distinct sentence once, every batch
     one length, no batch over the batch size."""
-    from augment.bertscore_filter import BertScoreF1
+    from duchkit.augment.bertscore_filter import BertScoreF1
 
     scorer = BertScoreF1(stage.augmenter.scorer.scorer, 64)
     sentences = sorted(set(ucm_captions))[:500]
@@ -320,7 +320,7 @@ def test_bertscore_batches_carry_no_padding(stage, ucm_captions):
 
 
 def test_fp16_on_the_cpu_is_a_config_error_naming_the_field():
-    from pipelines.stage import ConfigError
+    from duchkit.pipelines.stage import ConfigError
 
     with pytest.raises(ConfigError, match="field 'precision'"):
         RuleAugment(precision="fp16").setup(StageContext(device="cpu"))

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from augment.caption_text import tokenize
-from augment.glove_neighbours import (GloveNeighbours, vectors_from_arrays,
+from duchkit.augment.caption_text import tokenize
+from duchkit.augment.glove_neighbours import (GloveNeighbours, vectors_from_arrays,
                                       vectors_from_downloader, vectors_from_file)
-from augment.pos_tagging import NltkTagger, StanzaTagger, TaggerUnavailable
-from augment.rule_augment import RuleAugmenter, RuleConfig
-from pipelines.stage import StageContext
-from pipelines.stages.rule_augment import RuleAugment
+from duchkit.augment.pos_tagging import NltkTagger, StanzaTagger, TaggerUnavailable
+from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig
+from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.stages.rule_augment import RuleAugment
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def tiny_bert(tmp_path_factory, tagged):
 
 
 def test_bertscore_from_a_model_dir_and_rescaling(tiny_bert, tmp_path):
-    from augment.bertscore_filter import BertScoreF1, make_scorer
+    from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer
 
     raw = BertScoreF1(make_scorer(str(tiny_bert), num_layers=2))
     assert not raw.rescaled and raw.max_tokens == 64
@@ -227,8 +227,8 @@ def tiny_dataset(tmp_path_factory, shared_data):
 
 
 def test_cli_and_shard_alone_equals_full_run(tiny_dataset, tmp_path, stage, capsys):
-    from pipelines.cli import main
-    from pipelines.runner import read_stage
+    from duchkit.pipelines.cli import main
+    from duchkit.pipelines.runner import read_stage
 
     out = tmp_path / "out"
     rc = main(["augment-text", "--method", "rule", "--config",
@@ -263,8 +263,8 @@ def test_cli_and_shard_alone_equals_full_run(tiny_dataset, tmp_path, stage, caps
 
 
 def test_pipeline_config_runs_the_stage(tiny_dataset, tmp_path):
-    from pipelines.config import load_config
-    from pipelines.runner import read_stage, run_pipeline
+    from duchkit.pipelines.config import load_config
+    from duchkit.pipelines.runner import read_stage, run_pipeline
 
     cfg = tiny_dataset / "with-stage.toml"
     cfg.write_text((tiny_dataset / "config.toml").read_text() +

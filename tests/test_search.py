@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.codes import pack, unpack
-from hashing.retrieval import hamming_packed, rank, top_k_packed, top_k_torch
-from pipelines.cli import main
-from pipelines.commands.search_cli import search
-from pipelines.stage import ConfigError
+from duchkit.hashing.codes import pack, unpack
+from duchkit.hashing.retrieval import hamming_packed, rank, top_k_packed, top_k_torch
+from duchkit.pipelines.cli import main
+from duchkit.pipelines.commands.search_cli import search
+from duchkit.pipelines.stage import ConfigError
 
 KERNELS = ("compiled", "numpy")  # numba is a dependency: both CPU paths always run here
 
@@ -49,12 +49,12 @@ def ucm_runs(demo_run, tmp_path_factory) -> dict[int, Path]:
 
 def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
     """The same evaluation of an untrained network (same seed, same splits, same code path)."""
-    from hashing.config import TrainConfig
-    from hashing.model import DUCH
-    from hashing.train import seed_everything
-    from pipelines.commands.train_cli import codes_table
-    from pipelines.stage_folder import write_stage_folder
-    from pipelines.training_data import load_archive
+    from duchkit.hashing.config import TrainConfig
+    from duchkit.hashing.model import DUCH
+    from duchkit.hashing.train import seed_everything
+    from duchkit.pipelines.commands.train_cli import codes_table
+    from duchkit.pipelines.stage_folder import write_stage_folder
+    from duchkit.pipelines.training_data import load_archive
 
     archive = load_archive(demo_run / "image_embeddings", demo_run / "caption_embeddings")
     ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -82,7 +82,7 @@ def test_training_on_real_ucm_beats_an_untrained_network(ucm_runs, demo_run, bit
     assert min(trained["i2t"]["map"], trained["t2i"]["map"]) > 0.1
 
     # every bit is used: across the archive (images and captions) no bit is stuck at one sign
-    from pipelines.store import StageStore
+    from duchkit.pipelines.store import StageStore
 
     t = StageStore(run / "codes").read_all()
     codes = np.asarray(t.column("code").combine_chunks().flatten().to_numpy(),
@@ -119,7 +119,7 @@ def test_compiled_kernel_equals_numpy_across_chunks_blocks_and_threads():
     """Databases past several of the kernel's chunks, query counts that are not a multiple of
     its query block, code lengths of 1-4 words (and one that pads a word), clustered codes
     whose ties straddle chunk borders, every thread count: the same arrays as numpy's path."""
-    from hashing import hamming_kernel
+    from duchkit.hashing import hamming_kernel
 
     rng = np.random.default_rng(11)
     n = 3 * hamming_kernel.CHUNK + 517
@@ -142,7 +142,7 @@ def test_compiled_kernel_equals_numpy_across_chunks_blocks_and_threads():
                 assert np.array_equal(got[1], ref[1][rows]), (bits, threads, rows)
     # slice counts beyond this machine's threads (the default follows the thread count),
     # including empty slices and k above a slice's size
-    from hashing.retrieval import code_words
+    from duchkit.hashing.retrieval import code_words
 
     columns = np.ascontiguousarray(code_words(db).T)
     for parts in (3, 4, 7):
@@ -158,7 +158,7 @@ def test_compiled_kernel_equals_numpy_across_chunks_blocks_and_threads():
 CONCURRENT_CALLS = """
 import threading
 import numpy as np
-from hashing.retrieval import top_k_packed
+from duchkit.hashing.retrieval import top_k_packed
 rng = np.random.default_rng(0)
 db = rng.integers(0, 256, (50_000, 16), dtype=np.uint8)
 q = rng.integers(0, 256, (40, 16), dtype=np.uint8)
@@ -234,7 +234,7 @@ def test_search_an_archive_image_finds_itself_and_its_class(ucm_runs):
 def test_an_archive_caption_hashes_to_its_archive_code(ucm_runs, demo_run):
     """Same encoder, pooling and preprocessing as the embed-texts stage: an archive caption,
     typed with other case and punctuation, gets exactly its stored code (distance 0)."""
-    from pipelines.commands.search_cli import caption_texts
+    from duchkit.pipelines.commands.search_cli import caption_texts
 
     run = ucm_runs[32]
     texts = caption_texts(demo_run / "caption_embeddings")
@@ -261,7 +261,7 @@ def test_cpu_and_gpu_paths_rank_identically_on_the_real_run(ucm_runs, query, tar
 def test_several_queries_in_one_call_equal_one_call_each(ucm_runs, tmp_path, capsys):
     """--text-file and several --image files: the encoders load once and the queries are
     ranked together, with exactly the results of one search per query."""
-    from pipelines.commands.search_cli import read_text_file, search_many
+    from duchkit.pipelines.commands.search_cli import read_text_file, search_many
 
     run = ucm_runs[32]
     captions = [AIRPLANE_CAPTION, "a beach with blue sea water and white sand",

@@ -17,10 +17,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import build_config, load_config
-from pipelines.runner import run_pipeline
-from pipelines.schema import embedding_field, stage_metadata
-from pipelines.store import StageStore, sha256_file, write_table
+from duchkit.pipelines.config import build_config, load_config
+from duchkit.pipelines.runner import run_pipeline
+from duchkit.pipelines.schema import embedding_field, stage_metadata
+from duchkit.pipelines.store import StageStore, sha256_file, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_a_shard_computed_alone_equals_the_full_run(tmp_path, shared_data):
 
 def _run_cli(config: Path, out: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--config",
+    return subprocess.Popen([sys.executable, "-m", "duchkit.pipelines.cli", "run", "--config",
                              str(config), "--out", str(out), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -197,7 +197,7 @@ seconds_per_shard = 0.4
 
 
 def test_config_errors_name_the_field(tmp_path, shared_data):
-    from pipelines.stage import ConfigError
+    from duchkit.pipelines.stage import ConfigError
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[dataset]\ncaptions = "nowhere.json"\n')

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from pipelines.stage import ConfigError
-from pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study, run_study
+from duchkit.pipelines.stage import ConfigError
+from duchkit.pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study, run_study
 
 GRID = """
 [study]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.stage import ConfigError
+from duchkit.pipelines.stage import ConfigError
 
 KIND = "backtranslate"
 DEFAULT_NAME = {"random": "backtranslation", "chain": "backtranslation-chain"}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.stage import ConfigError
+from duchkit.pipelines.stage import ConfigError
 
 CODES = "codes"
 
@@ -71,7 +71,7 @@ class Index:
 
 
 def load_index(run: Path, target: str) -> Index:
-    from pipelines.store import StageStore
+    from duchkit.pipelines.store import StageStore
 
     store = StageStore(run / CODES)
     if not store.is_complete():
@@ -122,7 +122,7 @@ def embedding_stage(folder: Path, what: str, kind: str, keys: tuple[str, ...]):
 
 def caption_texts(texts_dir: Path) -> dict[str, str]:
     """caption_id -> the caption (first text variant), for display; {} when not readable."""
-    from pipelines.store import StageStore
+    from duchkit.pipelines.store import StageStore
 
     out: dict[str, str] = {}
     store = StageStore(Path(texts_dir))
@@ -144,7 +144,7 @@ def embed_texts(texts: list[str], names: list[str], texts_dir: Path,
                 device: str) -> np.ndarray:
     """Caption embeddings [Q, D] as the embed-texts stage made the archive's; `names` say
     where each caption came from (--text, FILE line N) for the errors."""
-    from pipelines.stages.embed import EmbedTexts
+    from duchkit.pipelines.stages.embed import EmbedTexts
 
     for text, name in zip(texts, names):
         if not text.strip():
@@ -175,8 +175,8 @@ def embed_texts(texts: list[str], names: list[str], texts_dir: Path,
 
 def clean_view_crop(images_dir: Path) -> int | None:
     """The crop size of view 0 as the image stage drew it (None: no crop)."""
-    from augment.image_views import ViewSpec
-    from pipelines.store import StageStore
+    from duchkit.augment.image_views import ViewSpec
+    from duchkit.pipelines.store import StageStore
 
     for shard in StageStore(Path(images_dir)).shard_paths():
         if "view_spec" not in pq.read_schema(shard).names:
@@ -192,8 +192,8 @@ def clean_view_crop(images_dir: Path) -> int | None:
 
 def clean_view(path: Path, crop: int | None, size: int) -> np.ndarray:
     """uint8 [1, S, S, 3]: decode, centre crop (the NoAugmentation view 0), resize."""
-    from augment.image_views import CenterCrop, Geometry, apply_spec, ViewSpec, resize
-    from pipelines.stages.augment_images import BadImage, read_image
+    from duchkit.augment.image_views import CenterCrop, Geometry, apply_spec, ViewSpec, resize
+    from duchkit.pipelines.stages.augment_images import BadImage, read_image
 
     try:
         image = read_image(str(path), path.name, crop or 0)
@@ -212,7 +212,7 @@ def embed_images(paths: list[Path], images_dir: Path, device: str) -> np.ndarray
     """Image embeddings [Q, D] of the clean view (view 0) as the image stage drew it."""
     import torch
 
-    from pipelines.stages.embed import EmbedImages
+    from duchkit.pipelines.stages.embed import EmbedImages
 
     for path in paths:
         if not path.is_file():
@@ -238,8 +238,8 @@ def hash_query(run: Path, modality: str, embedding: np.ndarray, device: str) -> 
     """Packed codes [Q, bits/8] of the queries with the run's validation-selected model."""
     import torch
 
-    from hashing.codes import pack, to_bits
-    from hashing.train import encode, load_model
+    from duchkit.hashing.codes import pack, to_bits
+    from duchkit.hashing.train import encode, load_model
 
     ck = run / "checkpoint.pt"
     if not ck.is_file():
@@ -260,8 +260,8 @@ def hash_query(run: Path, modality: str, embedding: np.ndarray, device: str) -> 
 
 def rank_codes(query: np.ndarray, index: Index, k: int, backend: str, device: str):
     """(indices, distances) of the top k; both backends follow the same tie rule."""
-    from hashing.codes import unpack
-    from hashing.retrieval import top_k_packed, top_k_torch
+    from duchkit.hashing.codes import unpack
+    from duchkit.hashing.retrieval import top_k_packed, top_k_torch
 
     if backend == "torch":
         return top_k_torch(unpack(query, index.bits), unpack(index.packed, index.bits), k,
@@ -348,7 +348,7 @@ def format_table(res: dict) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipelines.runner import resolve_device
+    from duchkit.pipelines.runner import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines.stage import ConfigError
+from duchkit.pipelines.stage import ConfigError
 
 log = logging.getLogger("duchkit")
 CODES = "codes"
 
 
 def add_parsers(sub) -> None:
-    from hashing.config import ABLATIONS, INPUT_NORMS, MAP_VARIANTS, TrainConfig
+    from duchkit.hashing.config import ABLATIONS, INPUT_NORMS, MAP_VARIANTS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train DUCH from embedding shards")
@@ -93,8 +93,8 @@ def add_parsers(sub) -> None:
 
 
 def _config(args) -> "TrainConfig":
-    from hashing.config import TrainConfig
-    from pipelines.runner import resolve_device
+    from duchkit.hashing.config import TrainConfig
+    from duchkit.pipelines.runner import resolve_device
 
     try:
         device = resolve_device(args.device)
@@ -119,11 +119,11 @@ def _config(args) -> "TrainConfig":
 
 def codes_table(archive, model, cfg, splits: dict[str, np.ndarray]) -> pa.Table:
     """One row per image and per caption used: ids, class, split and the packed code."""
-    from hashing.codes import pack, to_bits
-    from hashing.data import paper_caption_choice
+    from duchkit.hashing.codes import pack, to_bits
+    from duchkit.hashing.data import paper_caption_choice
     import torch
 
-    from hashing.train import encode
+    from duchkit.hashing.train import encode
 
     feats = archive.features
     dev = next(model.parameters()).device
@@ -165,10 +165,10 @@ def codes_table(archive, model, cfg, splits: dict[str, np.ndarray]) -> pa.Table:
 def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
     """Train on an archive, write the run folder (checkpoint, run.json, codes/, metrics) and
     return the standard evaluation. Shared by `duchkit train` and `duchkit study`."""
-    from hashing.checkpoint import checkpoint_record
-    from hashing.train import train
-    from pipelines.stage_folder import write_stage_folder
-    from pipelines.store import atomic_write_json
+    from duchkit.hashing.checkpoint import checkpoint_record
+    from duchkit.hashing.train import train
+    from duchkit.pipelines.stage_folder import write_stage_folder
+    from duchkit.pipelines.store import atomic_write_json
 
     ck = out / "checkpoint.pt"
     if ck.exists() and not resume:
@@ -198,8 +198,8 @@ def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
 
 
 def cmd_train(args) -> int:
-    from pipelines.runner import setup_logging
-    from pipelines.training_data import load_archive
+    from duchkit.pipelines.runner import setup_logging
+    from duchkit.pipelines.training_data import load_archive
 
     cfg = _config(args)
     try:
@@ -217,7 +217,7 @@ def one_caption_rows(t: pa.Table, seed: int, where: Path) -> np.ndarray:
     """Mask of the code rows the paper's one-caption protocol keeps: every image, and of each
     image's captions (in the order train wrote them) the one `paper_caption_choice` draws for
     `seed`, the caption a `--captions-per-image 1` run of that seed trains and is scored on."""
-    from hashing.data import paper_caption_choice
+    from duchkit.hashing.data import paper_caption_choice
 
     item = np.asarray(t.column("item").to_pylist(), dtype=object)
     image_id = np.asarray(t.column("image_id").to_pylist(), dtype=object)
@@ -245,8 +245,8 @@ def one_caption_rows(t: pa.Table, seed: int, where: Path) -> np.ndarray:
 
 def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = True,
                  captions: str = "all") -> dict:
-    from hashing.evaluate import evaluate_codes, markdown_table, plot_pk
-    from pipelines.store import StageStore, atomic_write_json
+    from duchkit.hashing.evaluate import evaluate_codes, markdown_table, plot_pk
+    from duchkit.pipelines.store import StageStore, atomic_write_json
 
     store = StageStore(run / CODES)
     if not store.is_complete():

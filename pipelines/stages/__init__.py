@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import importlib
 
-from pipelines.stage import ConfigError, Stage
+from duchkit.pipelines.stage import ConfigError, Stage
 
 # kind -> "module:Class", imported only when used so that a pipeline that never embeds images
 # never imports torchvision.
 BUILTIN = {
-    "normalise-captions": "pipelines.stages.normalise:NormaliseCaptions",
-    "backtranslate": "pipelines.stages.backtranslate:BackTranslate",
-    "augment-images": "pipelines.stages.augment_images:AugmentImages",
-    "embed-images": "pipelines.stages.embed:EmbedImages",
-    "embed-texts": "pipelines.stages.embed:EmbedTexts",
-    "rule-augment": "pipelines.stages.rule_augment:RuleAugment",
+    "normalise-captions": "duchkit.pipelines.stages.normalise:NormaliseCaptions",
+    "backtranslate": "duchkit.pipelines.stages.backtranslate:BackTranslate",
+    "augment-images": "duchkit.pipelines.stages.augment_images:AugmentImages",
+    "embed-images": "duchkit.pipelines.stages.embed:EmbedImages",
+    "embed-texts": "duchkit.pipelines.stages.embed:EmbedTexts",
+    "rule-augment": "duchkit.pipelines.stages.rule_augment:RuleAugment",
 }
 
 

@@ -22,11 +22,11 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from augment.image_views import (CLEAN_SETUP, SETUPS, ImageAugParams, ImageDecodeError,
+from duchkit.augment.image_views import (CLEAN_SETUP, SETUPS, ImageAugParams, ImageDecodeError,
                                  apply_spec, build_setup, decode_rgb, draw_view)
-from pipelines.schema import IMAGE_VIEW_COLUMNS
-from pipelines.stage import ConfigError, Stage, StageContext
-from pipelines.store import write_table
+from duchkit.pipelines.schema import IMAGE_VIEW_COLUMNS
+from duchkit.pipelines.stage import ConfigError, Stage, StageContext
+from duchkit.pipelines.store import write_table
 
 ON_BAD_IMAGE = ("error", "skip")
 PIXEL_FORMATS = ("png", "jpeg")

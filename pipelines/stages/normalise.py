@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from augment.caption_text import normalise, tokenize
-from pipelines.stage import Stage, StageContext
+from duchkit.augment.caption_text import normalise, tokenize
+from duchkit.pipelines.stage import Stage, StageContext
 
 
 @dataclass

