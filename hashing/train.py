@@ -12,7 +12,6 @@ the same codes and a resumed run equals an uninterrupted one.
 """
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time

@@ -155,3 +155,10 @@ def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     path = Path(path).resolve()
     return build_config(read_config_file(path), path.parent, path, overrides)
+
+
+def demo_config_path() -> Path:
+    """The embedded UCM demo's pipeline config (installed with the package)."""
+    from importlib import resources
+
+    return Path(str(resources.files("duchkit.pipelines") / "demo" / "demo.toml"))

@@ -22,7 +22,7 @@ from duchkit.pipelines.engines import ShardTask, make_engine
 from duchkit.pipelines.readers import (DatasetError, DatasetSpec, describe_problems, problems_table,
                                read_dataset)
 from duchkit.pipelines.schema import RECORD_SCHEMA, with_stage_metadata
-from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.stage import ConfigError, StageContext
 from duchkit.pipelines.store import (StageStore, atomic_write_json, fingerprint, sha256_file,
                              write_table)
 from duchkit.pipelines.version import __version__
@@ -237,3 +237,47 @@ def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool =
 def read_stage(out: Path, name: str) -> pa.Table:
     """All rows of a completed stage, for library users and tests."""
     return StageStore(Path(out) / name).read_all()
+
+
+def stages_in_folder(out: Path, names: set[str]) -> list[StageEntry]:
+    """Stages an earlier single-stage command wrote into `out` that `names` does not hold,
+    rebuilt from their manifests (so they are reused, not recomputed)."""
+    import json
+
+    from duchkit.pipelines.stages import stage_class
+
+    entries = []
+    for manifest in sorted(Path(out).glob("*/_manifest.json")):
+        data = json.loads(manifest.read_text())
+        name, kind = data.get("stage"), data.get("kind")
+        if not name or name in names or kind in (None, "read-dataset") or "input" not in data:
+            continue
+        where = f"{manifest}"
+        stage = stage_class(kind, where).from_config(data.get("parameters") or {}, where)
+        entries.append(StageEntry(name, stage, data["input"]))
+    return entries
+
+
+def run_single_stage(config: PipelineConfig, kind: str, name: str, values: dict,
+                     input_name: str | None = None, where: str = "duchkit",
+                     reuse_folder: bool = False, progress: bool = True) -> dict:
+    """Run one stage (and whatever its input needs) on the dataset of `config`; the stage lands
+    in `<out>/<name>` exactly as it would inside a whole pipeline run. With `reuse_folder`, the
+    input may also be a stage an earlier single-stage run wrote into the output folder.
+    Returns the stage's manifest."""
+    from duchkit.pipelines.stages import stage_class
+
+    stage = stage_class(kind, where).from_config(values, where)
+    input_name = input_name or SOURCE_STAGE
+    needed, wanted = [], input_name
+    by_name = {e.name: e for e in config.stages}
+    if reuse_folder and input_name not in by_name:
+        by_name.update({e.name: e for e in stages_in_folder(config.run.out,
+                                                            set(by_name) | {name})})
+    while wanted in by_name:  # the chain of configured stages that produce the input
+        needed.insert(0, by_name[wanted])
+        wanted = by_name[wanted].input
+    if wanted != SOURCE_STAGE:
+        raise ConfigError(f"{where}: --input {input_name!r} is not a stage of the config")
+    config.stages = [e for e in needed if e.name != name] + [StageEntry(name, stage, input_name)]
+    return run_pipeline(config, progress=progress)[name]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from duchkit.pipelines.config import StageEntry, build_config, read_config_file
+from duchkit.pipelines.config import StageEntry, build_config, demo_config_path, read_config_file
 from duchkit.pipelines.report_html import render as render_html
 from duchkit.pipelines.stage import ConfigError
 from duchkit.pipelines.store import atomic_write_bytes, atomic_write_json, fingerprint
@@ -101,8 +101,6 @@ def load_study(path: Path, dataset_from: Path | None = None,
         data = dict(data, dataset=odata["dataset"])
         run_values.update(odata.get("run") or {})
         base_dir = other.parent
-    from duchkit.pipelines.cli import demo_config_path
-
     base_pipeline = study.get("pipeline")
     base_stages: list = []
     if base_pipeline:  # a pipeline config whose stages the study builds on (and reuses)
@@ -205,7 +203,7 @@ def _train_config(cell: Cell, seed: int, device: str):
 
 def run_study(study: Study, progress: bool = True, say=print) -> dict[str, Any]:
     """Compute the shared stages once, then every missing cell x seed; write the report."""
-    from duchkit.pipelines.commands.train_cli import train_run
+    from duchkit.pipelines.training import train_run
     from duchkit.pipelines.runner import resolve_device, run_pipeline, setup_logging
     from duchkit.pipelines.training_data import load_archive
 
@@ -413,3 +411,16 @@ def with_extra_seeds(study: Study, seeds: list[int]) -> Study:
     s = copy.copy(study)
     s.seeds = sorted(set(study.seeds) | set(seeds))
     return s
+
+
+def prepare_study(name_or_path: str | Path, dataset_from: Path | None = None,
+                  overrides: dict[str, Any] | None = None,
+                  seeds: list[int] | None = None) -> Study:
+    """A built-in study by name (BUILTIN_STUDIES) or a study config file, on the dataset of
+    `dataset_from` if given, with run overrides (out, device, engine, ...) and seeds."""
+    path = (builtin_study_path(str(name_or_path)) if str(name_or_path) in BUILTIN_STUDIES
+            else Path(name_or_path))
+    study = load_study(path, dataset_from, overrides or {})
+    if seeds:
+        study.seeds = list(seeds)
+    return study

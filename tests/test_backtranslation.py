@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from duchkit.augment.backtranslation import BackTranslator, InMemoryTranslationMemory
+from duchkit.augment.backtranslation import BackTranslator
 from duchkit.augment.translators import (CTranslate2Translator, Decoding, FastTranslateTranslator,
                                  MarianTranslator, ModelSpec)
 from duchkit.pipelines.stage import ConfigError, StageContext

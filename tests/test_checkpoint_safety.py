@@ -114,7 +114,7 @@ def test_cli_resume_of_a_hostile_checkpoint_exits_2_without_running_it(feats, tm
     assert str(ck) in err and "could run code" in err
     assert "Traceback" not in err
     assert not marker.exists()
-    from duchkit.pipelines.commands.search_cli import hash_query
+    from duchkit.pipelines.search import hash_query
     from duchkit.pipelines.stage import ConfigError
 
     with pytest.raises(ConfigError, match="could run code"):  # what search and its CLI use

@@ -10,7 +10,7 @@ import pytest
 from duchkit.hashing.data import paper_caption_choice
 from duchkit.hashing.synthetic import class_structured
 from duchkit.pipelines.cli import main
-from duchkit.pipelines.commands.train_cli import one_caption_rows
+from duchkit.pipelines.evaluation import one_caption_rows
 from duchkit.pipelines.stage import ConfigError
 from duchkit.pipelines.store import StageStore
 from duchkit.pipelines.training_data import load_archive
@@ -150,14 +150,14 @@ def test_bad_shards_are_named(feats, tmp_path, capsys):
 
 def test_every_train_option_reaches_the_config():
     from duchkit.pipelines.cli import build_parser
-    from duchkit.pipelines.commands.train_cli import _config
+    from duchkit.pipelines.cli.train import train_config
 
     args = build_parser().parse_args(
         ["train", "--images", "i", "--texts", "t", "--out", "o", "--device", "cpu",
          "--weight-decay", "1e-3", "--lr-decay", "0.5", "--weights-ref-bits", "0", "--tau", "0.5",
          "--loss-reduction", "sum", "--captions-per-image", "1", "--alpha", "0.02",
          "--selection-se", "0"])
-    cfg = _config(args)
+    cfg = train_config(args)
     assert (cfg.weight_decay, cfg.lr_decay, cfg.weights_ref_bits, cfg.tau, cfg.reduction,
             cfg.captions_per_image, cfg.alpha, cfg.selection_se) == (1e-3, 0.5, 0, 0.5, "sum",
                                                                      1, 0.02, 0.0)

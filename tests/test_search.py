@@ -12,7 +12,7 @@ import torch
 from duchkit.hashing.codes import pack, unpack
 from duchkit.hashing.retrieval import hamming_packed, rank, top_k_packed, top_k_torch
 from duchkit.pipelines.cli import main
-from duchkit.pipelines.commands.search_cli import search
+from duchkit.pipelines.search import search
 from duchkit.pipelines.stage import ConfigError
 
 KERNELS = ("compiled", "numpy")  # numba is a dependency: both CPU paths always run here
@@ -52,7 +52,7 @@ def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
     from duchkit.hashing.config import TrainConfig
     from duchkit.hashing.model import DUCH
     from duchkit.hashing.train import seed_everything
-    from duchkit.pipelines.commands.train_cli import codes_table
+    from duchkit.pipelines.run_folder import codes_table
     from duchkit.pipelines.stage_folder import write_stage_folder
     from duchkit.pipelines.training_data import load_archive
 
@@ -234,7 +234,7 @@ def test_search_an_archive_image_finds_itself_and_its_class(ucm_runs):
 def test_an_archive_caption_hashes_to_its_archive_code(ucm_runs, demo_run):
     """Same encoder, pooling and preprocessing as the embed-texts stage: an archive caption,
     typed with other case and punctuation, gets exactly its stored code (distance 0)."""
-    from duchkit.pipelines.commands.search_cli import caption_texts
+    from duchkit.pipelines.search import caption_texts
 
     run = ucm_runs[32]
     texts = caption_texts(demo_run / "caption_embeddings")
@@ -261,7 +261,7 @@ def test_cpu_and_gpu_paths_rank_identically_on_the_real_run(ucm_runs, query, tar
 def test_several_queries_in_one_call_equal_one_call_each(ucm_runs, tmp_path, capsys):
     """--text-file and several --image files: the encoders load once and the queries are
     ranked together, with exactly the results of one search per query."""
-    from duchkit.pipelines.commands.search_cli import read_text_file, search_many
+    from duchkit.pipelines.search import read_text_file, search_many
 
     run = ucm_runs[32]
     captions = [AIRPLANE_CAPTION, "a beach with blue sea water and white sand",

@@ -1,9 +1,7 @@
-"""`duchkit search`: query a trained run's hash codes with a caption or an image.
+"""Search a trained run's hash codes with captions or images: the library behind `duchkit search`.
 
-    duchkit search --run RUN --text "many planes parked at the airport" [--k 10]
-    duchkit search --run RUN --image photo.tif [--target images|captions] [--json]
-    duchkit search --run RUN --text-file queries.txt [--json]     # one caption per line
-    duchkit search --run RUN --image a.tif b.tif c.tif
+    search(run, text="many planes parked at the airport", k=10)          # one JSON-ready dict
+    search_many(run, texts=[...]) / search_many(run, images=[...])      # one dict per query
 
 Several queries in one call load the encoders and the model once, embed the queries in
 batches and rank them in one pass over the codes; the results come per query (with --json,
@@ -21,7 +19,6 @@ and `torch` (+-1 matmul + top-k on --device, the GPU path); `auto` takes torch o
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,31 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from duchkit.pipelines.run_folder import CODES, run_inputs
 from duchkit.pipelines.stage import ConfigError
-
-CODES = "codes"
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("search", help="query a trained run's hash codes with a caption or image")
-    p.add_argument("--run", type=Path, required=True, help="run folder of duchkit train")
-    q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--text", help="a query caption")
-    q.add_argument("--text-file", type=Path,
-                   help="query captions, one per line (blank lines skipped)")
-    q.add_argument("--image", type=Path, nargs="+", help="query image file(s)")
-    p.add_argument("--k", type=int, default=10, help="how many results (default 10)")
-    p.add_argument("--target", choices=["images", "captions"], default=None,
-                   help="what to retrieve (default: the other modality)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where the encoders and the model run")
-    p.add_argument("--backend", choices=["auto", "numpy", "torch"], default="auto",
-                   help="ranking path: numpy = packed XOR + popcount on the CPU (compiled "
-                   "with numba; plain numpy where numba is missing), torch = +-1 matmul (GPU); "
-                   "auto = torch on CUDA, numpy otherwise")
-    p.add_argument("--json", action="store_true",
-                   help="print the results as JSON (several queries: one object per line)")
-    p.set_defaults(func=cmd_search)
 
 
 # ---------------------------------------------------------------- the run
@@ -89,17 +63,6 @@ def load_index(run: Path, target: str) -> Index:
     bits = int((field.metadata or {}).get(b"bits", packed.shape[1] * 8))
     return Index(packed, bits, *(t.column(c).to_pylist() for c in
                                  ("image_id", "caption_id", "label", "split")))
-
-
-def run_inputs(run: Path) -> dict:
-    path = run / "run.json"
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing: is {run} a run folder of "
-                          "duchkit train?")
-    info = json.loads(path.read_text())
-    if "inputs" not in info:
-        raise ConfigError(f"{path} names no inputs: the training of {run} did not finish")
-    return info["inputs"]
 
 
 def stage_manifest(folder: Path, what: str) -> dict:
@@ -332,43 +295,3 @@ def search(run: Path, text: str | None = None, image: Path | None = None, k: int
                        [image] if text is None else None, k, target, device, backend)[0]
 
 
-def format_table(res: dict) -> str:
-    cols = ["rank", "distance", "image_id", "label", "split"]
-    if res["target"] == "captions":
-        cols += ["caption_id", "caption"]
-    rows = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols]
-            for r in res["results"]]
-    widths = [max([len(c)] + [len(r[j]) for r in rows]) for j, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa
-    q = res["query"]
-    head = f"query {'caption ' + repr(q['text']) if 'text' in q else 'image ' + q['image']}"
-    return "\n".join([f"{head} -> top {len(rows)} {res['target']} of {res['run']} "
-                      f"({res['bits']} bits, Hamming distance)", line(cols),
-                      line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from duchkit.pipelines.runner import resolve_device
-
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device: {exc}") from None
-    backend = args.backend
-    if backend == "auto":
-        backend = "torch" if device == "cuda" else "numpy"
-    if args.text is not None:
-        texts, names = [args.text], ["--text"]
-    elif args.text_file is not None:
-        texts, names = read_text_file(args.text_file)
-    else:
-        texts, names = None, None
-    results = search_many(args.run, texts, args.image, args.k, args.target, device, backend,
-                          names)
-    if args.json and (args.text_file is not None or len(args.image or []) > 1):
-        print("\n".join(json.dumps(r) for r in results))  # JSON lines, however many queries
-    elif args.json:
-        print(json.dumps(results[0], indent=2))
-    else:
-        print("\n\n".join(format_table(r) for r in results))
-    return 0

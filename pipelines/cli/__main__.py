@@ -1,0 +1,5 @@
+import sys
+
+from duchkit.pipelines.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""`duchkit study --config NAME|FILE`: the augmentation comparison study.
+
+    duchkit study --config table2-offline [--dataset my.toml] [--seeds 0,1,2] [--dry-run]
+
+A grid of augmentation variants, DUCH trained per cell and seed, and a report; the work is
+duchkit.pipelines.study's.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from duchkit.pipelines.cli.options import DEVICES
+from duchkit.pipelines.stage import ConfigError
+
+
+def register(sub) -> None:
+    from duchkit.pipelines.study import BUILTIN_STUDIES
+
+    p = sub.add_parser("study", help="the augmentation comparison study: a grid of variants, "
+                       "DUCH per cell and seed, a report")
+    p.add_argument("--config", required=True,
+                   help=f"study config file, or a built-in study: {', '.join(BUILTIN_STUDIES)}")
+    p.add_argument("--dataset", type=Path, help="take [dataset] from this pipeline config")
+    p.add_argument("--out", type=Path, help="output folder (default: ./duchkit-out)")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--seeds", help="comma-separated seeds, replacing [study] seeds "
+                   "(runs already done are reused)")
+    p.add_argument("--dry-run", action="store_true", help="list the stages and cells")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2") from None
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from duchkit.pipelines.study import prepare_study, run_study
+
+    overrides = {"out": args.out, "device": args.device}
+    study = prepare_study(args.config, args.dataset, overrides, parse_seeds(args.seeds))
+    if args.dry_run:
+        print(f"study {study.name}: {len(study.cells)} cell(s) x seeds {study.seeds}")
+        for e in study.pipeline.stages:
+            print(f"  stage {e.name:<32} {e.stage.kind} <- {e.input}")
+        for c in study.cells:
+            print(f"  cell  {c.id} {c.group:>6} {c.label}: {c.image_stage} + {c.text_stage}")
+        return 0
+    result = run_study(study, progress=not args.quiet,
+                       say=(lambda s: None) if args.quiet else print)
+    print(result["report"].read_text())
+    print(f"report: {result['report']} (and {result['report'].with_suffix('.html').name})")
+    return 0

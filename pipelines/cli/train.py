@@ -1,0 +1,110 @@
+"""`duchkit train`: DUCH from embedding stage folders into a run folder.
+
+    duchkit train --images DIR --texts DIR --out RUN [--bits 64] [--epochs 100] [--seed 0]
+                  [--device auto|cpu|cuda] [--ablation DUCH-NA ...] [--resume] ...
+
+Every default is TrainConfig's (duchkit.hashing.config); the work is
+duchkit.pipelines.training.train_run's, and the run folder is described in
+duchkit.pipelines.run_folder.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from duchkit.pipelines.cli.options import DEVICES, resolve_device_option
+from duchkit.pipelines.stage import ConfigError
+
+
+def register(sub) -> None:
+    from duchkit.hashing.config import ABLATIONS, INPUT_NORMS, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train DUCH from embedding shards")
+    p.add_argument("--images", type=Path, required=True, help="image embedding stage folder")
+    p.add_argument("--texts", type=Path, required=True, help="text embedding stage folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--bits", type=int, default=d.bits, choices=[16, 32, 64, 128])
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--hidden", type=int, default=d.hidden, help="hidden width (Table I: 4096)")
+    p.add_argument("--input-norm", choices=INPUT_NORMS, default=d.input_norm,
+                   help="l2: scale every input embedding to unit norm first (as the authors' "
+                   "loader does); none: raw embeddings")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--ablation", choices=sorted(ABLATIONS), default="DUCH",
+                   help="Table III configuration (sets the weights below to 0)")
+    for name in ("alpha", "beta", "gamma", "lambda_image", "lambda_text", "tau", "lr"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="Adam's (coupled, L2) weight decay of the hashing networks")
+    p.add_argument("--weights-ref-bits", type=int, default=d.weights_ref_bits,
+                   help="beta and gamma are the weights at this code length and scale by it / "
+                   "bits (quantisation and bit balance grow with the bits, NT-Xent does not); "
+                   "0 = the same beta and gamma at every code length")
+    p.add_argument("--loss-reduction", choices=["mean", "sum"], default=d.reduction,
+                   help="sum = the authors' batch-size-dependent scaling (comparison only)")
+    p.add_argument("--lr-decay", type=float, default=d.lr_decay,
+                   help="lr factor every 50 epochs (first at epoch 50; 0.8 = the paper's \"decreased "
+                   "by one fifth\")")
+    p.add_argument("--captions-per-image", type=int, choices=[0, 1], default=0,
+                   help="0: all captions (one random per image each epoch); 1: the paper's "
+                   "protocol, one seeded caption per image for training and evaluation")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="validation mAP every N epochs (model selection)")
+    p.add_argument("--selection-se", type=float, default=d.selection_se,
+                   help="keep the latest epoch whose validation mAP is within this many standard "
+                   "errors of the best (the one-standard-error rule); 0 = the best epoch")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="save checkpoint.pt every N epochs (and at the end); a 4096-wide "
+                   "model's checkpoint is ~110 MB, so N = 1 writes that much per epoch")
+    p.add_argument("--k", type=int, default=d.map_k, help="K of mAP@K")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast of the networks in training (CUDA, or a CPU with bf16 units)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train)
+
+
+def train_config(args: argparse.Namespace):
+    """The TrainConfig of the options, validated."""
+    from duchkit.hashing.config import TrainConfig
+
+    device = resolve_device_option(args.device, "train")
+    cfg = TrainConfig(bits=args.bits, epochs=args.epochs, batch_size=args.batch_size,
+                      hidden=args.hidden, input_norm=args.input_norm, seed=args.seed,
+                      device=device, alpha=args.alpha,
+                      beta=args.beta, gamma=args.gamma, lambda_image=args.lambda_image,
+                      lambda_text=args.lambda_text, tau=args.tau, lr=args.lr,
+                      reduction=args.loss_reduction, lr_decay=args.lr_decay,
+                      weights_ref_bits=args.weights_ref_bits, weight_decay=args.weight_decay,
+                      captions_per_image=args.captions_per_image, eval_every=args.eval_every,
+                      map_k=args.k, compile=args.compile, amp=args.amp,
+                      checkpoint_every=args.checkpoint_every, selection_se=args.selection_se)
+    cfg = cfg.with_ablation(args.ablation)
+    try:
+        return cfg.validate()
+    except ValueError as exc:
+        raise ConfigError(f"duchkit train: {exc}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from duchkit.pipelines.runner import setup_logging
+    from duchkit.pipelines.training import train_run
+    from duchkit.pipelines.training_data import load_archive
+
+    cfg = train_config(args)
+    try:
+        archive = load_archive(args.images, args.texts)
+    except ValueError as exc:
+        raise ConfigError(f"duchkit train: {exc}") from None
+    for w in archive.warnings:
+        print(f"warning: {w}")
+    setup_logging(args.out)
+    train_run(archive, cfg, args.out, args.resume, (lambda s: None) if args.quiet else print)
+    return 0
+
+

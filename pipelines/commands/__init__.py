@@ -1,1 +1,0 @@
-"""Subcommands whose option handling is too long for cli.py."""
