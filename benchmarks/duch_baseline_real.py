@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from duch_train import baseline_train
 from duchkit.hashing.codes import pack, to_bits
 from duchkit.hashing.data import split_indices
@@ -25,6 +23,8 @@ from duchkit.hashing.metrics import VARIANTS
 from duchkit.hashing.train import encode
 from duchkit.pipelines.training_data import load_archive
 from bench_results import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def authors_loop_maps(features, bits: int, seed: int, epochs: int = 100,

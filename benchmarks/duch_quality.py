@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from duchkit.hashing.metrics import VARIANTS
 from duchkit.pipelines.cli import main as duchkit
 from bench_results import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BAR = {  # REFERENCE.md: the authors' trainer on the offline-profile features, UCM, mAP@20
     "authors": {"i2t": [.832, .876, .924, .925], "t2i": [.879, .951, .979, .976]},

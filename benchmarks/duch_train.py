@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from duchkit.hashing.codes import pack, to_bits
 from duchkit.hashing.data import split_indices
 from duchkit.hashing.evaluate import evaluate_codes
@@ -41,6 +39,8 @@ from duchkit.hashing.model import DUCH
 from duchkit.hashing.synthetic import class_structured
 from duchkit.hashing.train import TrainConfig, encode, train
 from bench_results import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = {"ucm": (2100, 21), "rsicd": (10921, 31)}
 

@@ -13,13 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from duchkit.pipelines.config import build_config
 from duchkit.pipelines.runner import ingest, run_stage
 from duchkit.pipelines.stage import StageContext
 from duchkit.pipelines.store import StageStore
 from bench_results import shared_data, write_result
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _value(text: str):

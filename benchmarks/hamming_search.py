@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from duchkit.hashing.codes import to_signs, unpack
 from duchkit.hashing.retrieval import hamming_signs, rank_torch, top_k_packed
 from bench_results import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 K = 20
 

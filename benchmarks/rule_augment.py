@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer, resolve_precision
@@ -48,6 +47,8 @@ from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig, match_case, 
 from duchkit.pipelines.encoders import autocast as encoder_autocast
 from duchkit.pipelines.stages.rule_augment import load_package_glove
 from bench_results import shared_data, write_result
+
+REPO = Path(__file__).resolve().parents[1]
 
 TOP_N, GLOVE_T, BERT_T = 10, 0.65, 0.75
 

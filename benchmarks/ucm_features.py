@@ -31,10 +31,10 @@ import pyarrow as pa
 import torch
 from PIL import Image, ImageFilter
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from duchkit.pipelines.schema import CAPTION_EMBEDDING, IMAGE_EMBEDDING, embedding_field
-from duchkit.pipelines.stage_folder import write_stage_folder
+from duchkit.pipelines.store import write_stage_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

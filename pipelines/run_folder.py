@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from duchkit.hashing.checkpoint import CHECKPOINT, RUN_JSON  # noqa: F401  (part of the format)
+from duchkit.pipelines.schema import fixed_size_list
 from duchkit.pipelines.stage import ConfigError
 
 CODES = "codes"
@@ -87,8 +88,7 @@ def codes_table(archive, model, cfg, splits: dict[str, np.ndarray]) -> pa.Table:
                         pa.field("caption_id", pa.string()), pa.field("label", pa.string()),
                         pa.field("split", pa.string()), code_field])
     cols = {k: rows_img[k] + rows_txt[k] for k in rows_img}
-    code_arr = pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1), pa.uint8()),
-                                                 codes.shape[1])
+    code_arr = fixed_size_list(codes, pa.uint8())
     return pa.Table.from_arrays([pa.array(cols[k], pa.string()) for k in cols] + [code_arr],
                                 schema=schema)
 

@@ -20,11 +20,11 @@ from tqdm import tqdm
 from duchkit.pipelines.config import SOURCE_STAGE, PipelineConfig, StageEntry
 from duchkit.pipelines.engines import ShardTask, make_engine
 from duchkit.pipelines.readers import (DatasetError, DatasetSpec, describe_problems, problems_table,
-                               read_dataset)
+                                       read_dataset)
 from duchkit.pipelines.schema import RECORD_SCHEMA, with_stage_metadata
 from duchkit.pipelines.stage import ConfigError, StageContext
 from duchkit.pipelines.store import (StageStore, atomic_write_json, fingerprint, sha256_file,
-                             write_table)
+                                     write_table)
 from duchkit.pipelines.version import __version__
 
 log = logging.getLogger("duchkit")
@@ -198,8 +198,8 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     manifest = {
         "stage": entry.name, "kind": entry.stage.kind, "duchkit_version": __version__,
         "parameters": entry.stage.params(), "models": entry.stage.models(), "seed": ctx.seed,
-        "device": ctx.device, "engine": engine, "input": entry.input, "input_fingerprint": in_manifest["fingerprint"],
-        "fingerprint": fp,
+        "device": ctx.device, "engine": engine, "input": entry.input,
+        "input_fingerprint": in_manifest["fingerprint"], "fingerprint": fp,
         "shards": [{"file": s["file"], "rows": s["rows"], "sha256": s["sha256"],
                     "input_sha256": s["input_sha256"]} for s in statuses],
         "rows": sum(s["rows"] for s in statuses),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 # One row per (image, caption) pair as the readers produce it.
@@ -42,6 +43,21 @@ def embedding_field(name: str, dim: int, encoder: str, weights: str, pooling: st
     meta = {"encoder": encoder, "weights": weights, "pooling": pooling, "dim": str(dim)}
     meta.update({k: str(v) for k, v in extra.items()})
     return pa.field(name, pa.list_(pa.float32(), dim), metadata=meta)
+
+
+def fixed_size_list(matrix: np.ndarray, dtype: pa.DataType = pa.float32()) -> pa.Array:
+    """A [n, d] matrix as a FixedSizeList<dtype>[d] column (no copy of a contiguous matrix)."""
+    values = np.ascontiguousarray(matrix, dtype=dtype.to_pandas_dtype())
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), dtype),
+                                             values.shape[1])
+
+
+def embedding_column(name: str, matrix: np.ndarray, encoder: str, weights: str, pooling: str,
+                     **extra: Any) -> tuple[pa.Field, pa.Array]:
+    """The field (with the encoder metadata) and the FixedSizeList<float32> column of an
+    embedding matrix [n, d]: the one way duchkit writes embeddings."""
+    return (embedding_field(name, matrix.shape[1], encoder, weights, pooling, **extra),
+            fixed_size_list(matrix))
 
 
 def with_stage_metadata(schema: pa.Schema, stage: str, params: dict[str, Any],

@@ -169,3 +169,25 @@ class StageStore:
 
     def schema(self) -> pa.Schema:
         return pq.read_schema(self.shard_paths()[0])
+
+
+def write_stage_folder(root: Path, table: pa.Table, stage: str, kind: str,
+                       params: dict[str, Any], shard_rows: int = 100_000) -> dict:
+    """Write a whole table as a stage folder (shards + status + manifest) outside the runner:
+    for outputs produced in one piece, such as hash codes, so `duchkit inspect`, pandas and
+    duckdb read them like any stage."""
+    from duchkit.pipelines.version import __version__
+
+    store = StageStore(Path(root))
+    store.prepare()
+    store.clear()
+    fp = fingerprint(kind, params, __version__)
+    shards = []
+    for i, offset in enumerate(range(0, max(table.num_rows, 1), shard_rows)):
+        st = store.write_shard(i, table.slice(offset, shard_rows), fp, None, 0.0)
+        shards.append({"file": st.file, "rows": st.rows, "sha256": st.sha256})
+    manifest = {"stage": stage, "kind": kind, "duchkit_version": __version__,
+                "parameters": params, "fingerprint": fp, "shards": shards,
+                "rows": table.num_rows}
+    atomic_write_json(store.manifest_path, manifest)
+    return manifest

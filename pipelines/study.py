@@ -16,25 +16,21 @@ Every variant becomes stages named after their content (`text-<hash>`, `image-<h
 cells that share a text or image variant share its shards: each is computed once, in one run of
 the stage runner, and reused by later runs. A cell x seed is done when its `metrics.json`
 exists; rerunning computes only what is missing, so adding a seed or a cell is cheap.
+
+This module defines and loads a study; study_run.py runs and collects it, study_report.py
+writes the report, study_plots.py draws its figures.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from duchkit.pipelines.config import StageEntry, build_config, demo_config_path, read_config_file
-from duchkit.pipelines.report_html import render as render_html
 from duchkit.pipelines.stage import ConfigError
-from duchkit.pipelines.store import atomic_write_bytes, atomic_write_json, fingerprint
+from duchkit.pipelines.store import fingerprint
 
 BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4", "fig5")
 TASKS = ("i2t", "t2i")
@@ -188,225 +184,6 @@ def load_study(path: Path, dataset_from: Path | None = None,
                  study.get("paper", ""), pipeline, cells, where)
 
 
-def _train_config(cell: Cell, seed: int, device: str):
-    from duchkit.hashing.config import TrainConfig
-
-    values = dict(cell.train)
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    try:
-        cfg = TrainConfig(**values, seed=seed, device=device).with_ablation(cell.ablation)
-        return cfg.validate()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cell {cell.label!r}: [train]: {exc}") from None
-
-
-def run_study(study: Study, progress: bool = True, say=print) -> dict[str, Any]:
-    """Compute the shared stages once, then every missing cell x seed; write the report."""
-    from duchkit.pipelines.training import train_run
-    from duchkit.pipelines.runner import resolve_device, run_pipeline, setup_logging
-    from duchkit.pipelines.training_data import load_archive
-
-    out = study.pipeline.run.out
-    setup_logging(out)
-    start = time.perf_counter()
-    manifests = run_pipeline(study.pipeline, progress=progress)
-    stages_s = time.perf_counter() - start
-    device = resolve_device(study.pipeline.run.device)
-    archives: dict[tuple[str, str], Any] = {}
-    trained = 0
-    t_train = time.perf_counter()
-    for cell in study.cells:
-        for seed in study.seeds:
-            run_dir = out / "study" / study.name / cell.id / f"seed-{seed}"
-            if (run_dir / "metrics.json").exists():
-                continue
-            key = (cell.image_stage, cell.text_stage)
-            if key not in archives:
-                try:
-                    archives[key] = load_archive(out / cell.image_stage, out / cell.text_stage)
-                except ValueError as exc:
-                    raise ConfigError(f"cell {cell.label!r}: {exc}") from None
-            cfg = _train_config(cell, seed, device)
-            if run_dir.exists():  # an interrupted cell: its checkpoint is resumed
-                resume = (run_dir / "checkpoint.pt").exists()
-            else:
-                run_dir.mkdir(parents=True)
-                resume = False
-            say(f"study {study.name}: {cell.label} seed {seed}")
-            train_run(archives[key], cfg, run_dir, resume=resume, say=lambda s: None)
-            trained += 1
-    train_s = time.perf_counter() - t_train
-    rows = collect(study)
-    report = write_report(study, rows, {"stages_seconds": round(stages_s, 2),
-                                        "train_eval_seconds": round(train_s, 2),
-                                        "runs_trained": trained, "manifests": manifests})
-    return {"rows": rows, "report": report, "trained": trained}
-
-
-def collect(study: Study) -> list[dict[str, Any]]:
-    out = study.pipeline.run.out
-    rows = []
-    seen: set[str] = set()
-    for cell in study.cells:
-        if cell.id in seen:  # an equal cell listed twice (e.g. in two groups) shares its runs
-            continue
-        seen.add(cell.id)
-        for seed in study.seeds:
-            path = out / "study" / study.name / cell.id / f"seed-{seed}" / "metrics.json"
-            if not path.exists():
-                continue
-            res = json.loads(path.read_text())["results"]
-            row = {"cell": cell.id, "label": cell.label, "group": cell.group, "seed": seed,
-                   "text_stage": cell.text_stage, "image_stage": cell.image_stage,
-                   "ablation": cell.ablation, "bits": _train_value(cell, "bits"),
-                   "series": cell.series, "x": cell.x}
-            for task in ("i2t", "t2i", "i2i", "t2t"):
-                row[f"{task}_map"] = res[task]["map"]
-            row["k"] = res["i2t"]["k"]
-            rows.append(row)
-    return rows
-
-
-def _train_value(cell: Cell, key: str):
-    from duchkit.hashing.config import TrainConfig
-
-    return cell.train.get(key, getattr(TrainConfig(), key))
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    a = np.asarray(values)
-    return f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if len(a) > 1 else f"{a.mean():.3f}"
-
-
-def _stage_models(out: Path, name: str) -> str:
-    path = out / name / "_manifest.json"
-    if not path.exists():
-        return "-"
-    m = json.loads(path.read_text())
-    return ", ".join(f"{v}" for v in (m.get("models") or {}).values()) or m.get("kind", "-")
-
-
-def write_report(study: Study, rows: list[dict], timing: dict) -> Path:
-    out = study.pipeline.run.out
-    folder = out / "study" / study.name
-    folder.mkdir(parents=True, exist_ok=True)
-    k = rows[0]["k"] if rows else 20
-    by_cell: dict[str, list[dict]] = {}
-    for r in rows:
-        by_cell.setdefault(r["cell"], []).append(r)
-    paper = study.paper_archive
-    lines = [f"# {study.title}", "",
-             f"mAP@{k} (standard AP@K, validation-selected epoch), mean ± std over seeds "
-             f"{study.seeds}; class-label relevance; split 50/10/40 by image.",
-             f"Dataset: {study.pipeline.dataset.name} ({study.pipeline.dataset.captions}).", ""]
-    head = "| group | setup | bits | seeds | I→T | T→I |"
-    sep = "|---|---|---|---|---|---|"
-    if paper:
-        head += f" I→T paper ({paper}) | T→I paper ({paper}) |"
-        sep += "---|---|"
-    lines += [head, sep]
-    for cell in study.cells:
-        rs = by_cell.get(cell.id, [])
-        line = (f"| {cell.group} | {cell.label} | {_train_value(cell, 'bits')} | {len(rs)} | "
-                f"{_mean_std([r['i2t_map'] for r in rs])} | "
-                f"{_mean_std([r['t2i_map'] for r in rs])} |")
-        if paper:
-            line += "".join(f" {cell.paper[t]:.3f} |" if t in cell.paper else " - |"
-                            for t in TASKS)
-        lines.append(line)
-    lines += ["", "## Inputs", ""]
-    seen = set()
-    for cell in study.cells:
-        for name in (cell.text_stage, cell.image_stage):
-            if name not in seen:
-                seen.add(name)
-                lines.append(f"- `{name}`: {_stage_models(out, name)}")
-    lines += ["", f"Stages: {timing['stages_seconds']} s; training + evaluation: "
-              f"{timing['train_eval_seconds']} s for {timing['runs_trained']} new run(s).",
-              f"Every cell x seed: `{(folder / 'cells.csv').name}`.", ""]
-    plots = _plots(study, rows, folder)
-    lines += [f"![{p.stem}]({p.name})" for p in plots]
-    report = folder / "report.md"
-    markdown = "\n".join(lines) + "\n"
-    atomic_write_bytes(report, markdown.encode())
-    # the same report as one self-contained page (plots inlined) for a browser or a notebook
-    atomic_write_bytes(folder / "report.html",
-                       render_html(markdown, folder, study.title).encode())
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_bytes(folder / "cells.csv", buf.getvalue().encode())
-    atomic_write_json(folder / "study.json", {
-        "name": study.name, "title": study.title, "seeds": study.seeds, "source": study.source,
-        "cells": [c.__dict__ for c in study.cells],
-        "timing": {k: v for k, v in timing.items() if k != "manifests"},
-        "stages": {n: {"shards_computed": m.get("shards_computed"),
-                       "shards_reused": m.get("shards_reused")}
-                   for n, m in timing["manifests"].items()}})
-    return report
-
-
-def _plots(study: Study, rows: list[dict], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    series = sorted({c.series for c in study.cells if c.series and c.x is not None})
-    if series:  # U-curves / sensitivity curves: mAP against x, one panel per series
-        fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
-        for ax, name in zip(axes[0], series):
-            cells = sorted((c for c in study.cells if c.series == name), key=lambda c: c.x)
-            xs = [c.x for c in cells]
-            for task, label in (("i2t", "I→T"), ("t2i", "T→I")):
-                means = [np.mean([r[f"{task}_map"] for r in rows if r["cell"] == c.id] or [np.nan])
-                         for c in cells]
-                ax.plot(xs, means, marker="o", label=label)
-            ax.set_title(name)
-            ax.set_xlabel(name)
-            ax.set_ylabel(f"mAP@{rows[0]['k'] if rows else 20}")
-            if min(xs) > 0 and max(xs) / min(xs) >= 100:
-                ax.set_xscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        path = folder / "curves.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made.append(path)
-    # P@K curves of the first seed of every cell (I→T and T→I)
-    out = study.pipeline.run.out
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    drawn = False
-    for cell in study.cells[:12]:
-        path = out / "study" / study.name / cell.id / f"seed-{study.seeds[0]}" / "metrics.json"
-        if not path.exists():
-            continue
-        res = json.loads(path.read_text())["results"]
-        for ax, task in zip(axes, TASKS):
-            ax.plot(res[task]["pk_ks"], res[task]["pk"], label=cell.label)
-        drawn = True
-    if drawn:
-        for ax, title in zip(axes, ("I→T", "T→I")):
-            ax.set_title(f"P@K, {title}")
-            ax.set_xlabel("K")
-            ax.set_ylim(0, 1.02)
-            ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / "pk_curves.png"
-        fig.savefig(path, dpi=110)
-        made.append(path)
-    plt.close(fig)
-    return made
-
-
 def with_extra_seeds(study: Study, seeds: list[int]) -> Study:
     s = copy.copy(study)
     s.seeds = sorted(set(study.seeds) | set(seeds))
@@ -424,3 +201,10 @@ def prepare_study(name_or_path: str | Path, dataset_from: Path | None = None,
     if seeds:
         study.seeds = list(seeds)
     return study
+
+
+def train_value(cell: Cell, key: str):
+    """A cell's training setting: its own, else TrainConfig's default."""
+    from duchkit.hashing.config import TrainConfig
+
+    return cell.train.get(key, getattr(TrainConfig(), key))

@@ -22,7 +22,7 @@ def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
     return the standard evaluation. Shared by `duchkit train` and `duchkit study`."""
     from duchkit.hashing.checkpoint import checkpoint_record
     from duchkit.hashing.train import train
-    from duchkit.pipelines.stage_folder import write_stage_folder
+    from duchkit.pipelines.store import write_stage_folder
     from duchkit.pipelines.store import atomic_write_json
 
     ck = out / CHECKPOINT

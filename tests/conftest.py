@@ -12,6 +12,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Fixtures whose use puts a test in a marked tier (`tox -e fast` deselects all three):
+# data = the shared real archives, models = full-size models or the demo run, ray = a Ray cluster.
+TIER_FIXTURES = {"shared_data": "data", "demo_run": "models", "rule_stage": "models",
+                 "effnet": "models", "minilm": "models",
+                 "ray_cluster": "ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, mark in TIER_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
 DEMO = REPO / "pipelines" / "demo"
 
 
@@ -35,3 +48,15 @@ def demo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
     assert main(["run", "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def rule_stage():
+    """The rule-augment stage with its offline models loaded (spaCy, GloVe, MiniLM), once for
+    every test module that augments captions."""
+    from duchkit.pipelines.stage import StageContext
+    from duchkit.pipelines.stages.rule_augment import RuleAugment
+
+    stage = RuleAugment()
+    stage.setup(StageContext())
+    return stage

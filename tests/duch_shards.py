@@ -9,15 +9,12 @@ import pyarrow as pa
 
 from duchkit.hashing.data import Features
 from duchkit.pipelines.schema import (AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING,
-                              embedding_field)
-from duchkit.pipelines.stage_folder import write_stage_folder
+                                      embedding_column)
+from duchkit.pipelines.store import write_stage_folder
 
 
 def _emb(name: str, m: np.ndarray) -> tuple[pa.Field, pa.Array]:
-    field = embedding_field(name, m.shape[1], "synthetic", "none", "none")
-    arr = pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1).astype(np.float32)),
-                                            m.shape[1])
-    return field, arr
+    return embedding_column(name, m, "synthetic", "none", "none")
 
 
 def write_stages(root: Path, f: Features, shard_rows: int = 500,

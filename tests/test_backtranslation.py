@@ -18,7 +18,7 @@ import torch
 
 from duchkit.augment.backtranslation import BackTranslator
 from duchkit.augment.translators import (CTranslate2Translator, Decoding, FastTranslateTranslator,
-                                 MarianTranslator, ModelSpec)
+                                         MarianTranslator, ModelSpec)
 from duchkit.pipelines.stage import ConfigError, StageContext
 from duchkit.pipelines.stages import stage_class
 from duchkit.pipelines.stages.backtranslate import BackTranslate

@@ -11,6 +11,7 @@ from duchkit.hashing.data import paper_caption_choice
 from duchkit.hashing.synthetic import class_structured
 from duchkit.pipelines.cli import main
 from duchkit.pipelines.evaluation import one_caption_rows
+from duchkit.pipelines.schema import fixed_size_list
 from duchkit.pipelines.stage import ConfigError
 from duchkit.pipelines.store import StageStore
 from duchkit.pipelines.training_data import load_archive
@@ -129,7 +130,7 @@ def test_bad_shards_are_named(feats, tmp_path, capsys):
     t = pq.read_table(shard)
     emb = np.array(t.column("caption_embedding").to_pylist(), np.float32)
     emb[7, 0] = np.inf
-    col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    col = fixed_size_list(emb)
     pq.write_table(t.set_column(t.schema.get_field_index("caption_embedding"),
                                 t.schema.field("caption_embedding"), col), shard)
     assert main(["train", "--images", str(images), "--texts", str(texts), "--out",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from duchkit.hashing.losses import (LossWeights, binary_target, bit_balance_loss, discriminator_loss,
-                            generator_adversarial_loss, hashing_losses, nt_xent,
-                            quantisation_loss)
+                                    generator_adversarial_loss, hashing_losses, nt_xent,
+                                    quantisation_loss)
 from duchkit.hashing.model import DUCH
 
 

@@ -5,7 +5,7 @@ import torch
 
 from duchkit.hashing.codes import as_words, pack, to_signs, unpack
 from duchkit.hashing.metrics import (authors_average_precision, average_precision_at_k,
-                             evaluate_direction, map_at_k_torch)
+                                     evaluate_direction, map_at_k_torch)
 from duchkit.hashing.retrieval import hamming_packed, hamming_signs, rank, rank_torch, search
 
 

@@ -10,18 +10,11 @@ import pytest
 
 from duchkit.augment.caption_text import tokenize
 from duchkit.augment.rule_augment import (CHANGED, EMPTY, FUNCTION_WORDS, NO_WORDS, RuleAugmenter,
-                                  RuleConfig, split_caption)
+                                          RuleConfig, split_caption)
 from duchkit.pipelines.stage import StageContext
 from duchkit.pipelines.stages.rule_augment import RuleAugment
 
 THRESHOLD = 0.75
-
-
-@pytest.fixture(scope="module")
-def stage():
-    st = RuleAugment()
-    st.setup(StageContext())
-    return st
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +30,11 @@ def sample(ucm_captions):
     return distinct[::40] + ["There is a piece of farmland ."]
 
 
-def fresh(stage, shared: bool = True, **config) -> RuleAugmenter:
+def fresh(rule_stage, shared: bool = True, **config) -> RuleAugmenter:
     """An augmenter with the stage's loaded models; with empty caches unless `shared` (the
     F1 of a pair and the tags of a sentence do not depend on the config: sharing the stage's
     caches keeps this file's runtime down)."""
-    a = stage.augmenter
+    a = rule_stage.augmenter
     from duchkit.augment.bertscore_filter import BertScoreF1
     from duchkit.augment.glove_neighbours import GloveNeighbours
 
@@ -54,8 +47,8 @@ def fresh(stage, shared: bool = True, **config) -> RuleAugmenter:
 
 
 @pytest.fixture(scope="module")
-def results(stage, sample):
-    aug = fresh(stage, shared=False)
+def results(rule_stage, sample):
+    aug = fresh(rule_stage, shared=False)
     return aug, aug.augment(sample)
 
 
@@ -70,7 +63,7 @@ def steps(caption, result):
     return out
 
 
-def test_replacements_obey_every_filter(stage, sample, results):
+def test_replacements_obey_every_filter(rule_stage, sample, results):
     aug, res = results
     kv = aug.neighbours.kv
     changed = [(c, r) for c, r in zip(sample, res) if r.changed]
@@ -112,8 +105,8 @@ def test_provenance_matches_text_diff(sample, results):
         assert positions == sorted(set(positions))  # at most one per marked token, in order
 
 
-def test_no_space_before_period_unless_input_had_it(stage):
-    aug = fresh(stage)
+def test_no_space_before_period_unless_input_had_it(rule_stage):
+    aug = fresh(rule_stage)
     tidy, spaced = aug.augment(["Many planes are parked at the airport.",
                                 "Many planes are parked at the airport ."])
     assert tidy.changed and spaced.changed
@@ -121,8 +114,8 @@ def test_no_space_before_period_unless_input_had_it(stage):
     assert spaced.augmented.endswith(" .")
 
 
-def test_farmland_gets_a_glove_neighbour(stage):
-    aug = fresh(stage, bertscore_threshold=0.7)
+def test_farmland_gets_a_glove_neighbour(rule_stage):
+    aug = fresh(rule_stage, bertscore_threshold=0.7)
     r = aug.augment(["There is a piece of farmland ."])[0]
     rep = {x.old: x for x in r.replacements}
     assert "farmland" in rep, r
@@ -131,33 +124,33 @@ def test_farmland_gets_a_glove_neighbour(stage):
     assert all(x.bertscore_f1 >= 0.7 for x in r.replacements)
 
 
-def test_function_words_never_replace_nouns_or_verbs(stage, sample, results):
+def test_function_words_never_replace_nouns_or_verbs(rule_stage, sample, results):
     # GloVe 6B 50d puts "a" next to "piece", and spaCy tags "There is a a of farmland ." with
     # the second "a" as a noun, so the paper's filters alone accept it
     piece = "There is a piece of farmland ."
-    paper_only = fresh(stage, exclude_function_words=False).augment([piece])[0]
+    paper_only = fresh(rule_stage, exclude_function_words=False).augment([piece])[0]
     assert {(x.old, x.new) for x in paper_only.replacements} >= {("piece", "a")}
-    default = fresh(stage).augment([piece])[0]
+    default = fresh(rule_stage).augment([piece])[0]
     assert "piece" not in {x.old for x in default.replacements} or all(
         x.new.lower() not in FUNCTION_WORDS for x in default.replacements)
     _, res = results
     assert not [x for r in res for x in r.replacements if x.new.lower() in FUNCTION_WORDS]
 
 
-def test_threshold_filters_and_best_is_argmax(stage, sample):
+def test_threshold_filters_and_best_is_argmax(rule_stage, sample):
     small = sample[:12]
-    loose = fresh(stage, bertscore_threshold=None).augment(small)
-    strict = fresh(stage, bertscore_threshold=0.9).augment(small)
+    loose = fresh(rule_stage, bertscore_threshold=None).augment(small)
+    strict = fresh(rule_stage, bertscore_threshold=0.9).augment(small)
     assert sum(len(r.replacements) for r in strict) < sum(len(r.replacements) for r in loose)
     assert all(x.bertscore_f1 >= 0.9 for r in strict for x in r.replacements)
     assert any(x.bertscore_f1 < 0.75 for r in loose for x in r.replacements)
 
 
-def test_dedup_each_distinct_caption_once(stage, sample):
+def test_dedup_each_distinct_caption_once(rule_stage, sample):
     distinct = sample[:15]
-    once = fresh(stage, shared=False)
+    once = fresh(rule_stage, shared=False)
     a = once.augment(distinct)
-    many = fresh(stage, shared=False)
+    many = fresh(rule_stage, shared=False)
     dup = distinct * 5
     np.random.default_rng(0).shuffle(dup)
     b = many.augment(dup)
@@ -179,13 +172,13 @@ def test_dedup_each_distinct_caption_once(stage, sample):
     assert many.scorer.sentences_embedded <= many.scorer.pairs_scored + len(distinct)
 
 
-def test_random_choice_is_seeded_per_caption(stage, sample):
+def test_random_choice_is_seeded_per_caption(rule_stage, sample):
     small = sample[:12]
     ctx = StageContext(seed=7)
 
     def run(ids, texts):
         rngs = [ctx.rng_for(i, 0) for i in ids]
-        return [r.augmented for r in fresh(stage, choice="random").augment(texts, rngs)]
+        return [r.augmented for r in fresh(rule_stage, choice="random").augment(texts, rngs)]
 
     ids = [f"c{i}" for i in range(len(small))]
     first = run(ids, small)
@@ -193,19 +186,19 @@ def test_random_choice_is_seeded_per_caption(stage, sample):
     # the same caption alone, and in reverse order, draws the same
     assert run(ids[::-1], small[::-1]) == first[::-1]
     assert run(ids[3:4], small[3:4]) == first[3:4]
-    other = [r.augmented for r in fresh(stage, choice="random").augment(
+    other = [r.augmented for r in fresh(rule_stage, choice="random").augment(
         small, [StageContext(seed=8).rng_for(i, 0) for i in ids])]
     assert other != first  # another run seed draws differently
-    best = [r.augmented for r in fresh(stage).augment(small)]
+    best = [r.augmented for r in fresh(rule_stage).augment(small)]
     assert best != first
 
 
-def test_bad_rows_have_a_reason_and_never_crash(stage):
+def test_bad_rows_have_a_reason_and_never_crash(rule_stage):
     # over MiniLM's 512-token limit, with a single noun (each noun costs a round of scoring)
     long = "The view shows " + "of the " * 260 + "farmland ."
     rows = ["", "   ", "... !!", "这是一个城市的遥感图像", "xqzv blorf wunkel .",
             long, "Two planes \ufffd at the airport ."]
-    aug = fresh(stage)
+    aug = fresh(rule_stage)
     res = aug.augment(rows)
     reasons = [r.reason for r in res]
     assert reasons[0] == reasons[1] == EMPTY
@@ -267,11 +260,11 @@ def test_summary_counts_reasons():
     assert Counter(s["reasons"]) == Counter({"changed": 2, "empty": 1})
 
 
-def test_windowed_tags_equal_whole_sentence_tags(stage, ucm_captions):
+def test_windowed_tags_equal_whole_sentence_tags(rule_stage, ucm_captions):
     """The spaCy tagger's tag at i depends on tokens i-4..i+4 only (CNN depth 4, window 1),
     so Algorithm 1 tags short windows of candidate sentences. Check on real substitutions
     that the window's tag is the whole sentence's tag, for every one of them."""
-    aug = stage.augmenter
+    aug = rule_stage.augmenter
     r = aug.tagger.receptive_field
     assert r == 4
     distinct = sorted(set(ucm_captions))[::7]
@@ -291,12 +284,12 @@ def test_windowed_tags_equal_whole_sentence_tags(stage, ucm_captions):
     assert sum(len(s) > 2 * r + 1 for s, _ in items) > len(items) / 2
 
 
-def test_bf16_scores_stay_close_to_fp32(stage, sample):
+def test_bf16_scores_stay_close_to_fp32(rule_stage, sample):
     from duchkit.augment.bertscore_filter import BertScoreF1
 
-    scorer = stage.augmenter.scorer.scorer
-    cands = [r.augmented for r in fresh(stage).augment(sample[:20]) if r.changed]
-    refs = [c for c, r in zip(sample[:20], fresh(stage).augment(sample[:20])) if r.changed]
+    scorer = rule_stage.augmenter.scorer.scorer
+    cands = [r.augmented for r in fresh(rule_stage).augment(sample[:20]) if r.changed]
+    refs = [c for c, r in zip(sample[:20], fresh(rule_stage).augment(sample[:20])) if r.changed]
     fp32 = BertScoreF1(scorer, 64, "fp32").f1(cands, refs)
     bf16 = BertScoreF1(scorer, 64, "bf16").f1(cands, refs)
     assert np.abs(fp32 - bf16).max() < 0.02
@@ -304,12 +297,12 @@ def test_bf16_scores_stay_close_to_fp32(stage, sample):
         BertScoreF1(scorer, 64, "fp16")
 
 
-def test_bertscore_batches_carry_no_padding(stage, ucm_captions):
+def test_bertscore_batches_carry_no_padding(rule_stage, ucm_captions):
     """Sentences are batched by exact token count: every distinct sentence once, every batch
     one length, no batch over the batch size."""
     from duchkit.augment.bertscore_filter import BertScoreF1
 
-    scorer = BertScoreF1(stage.augmenter.scorer.scorer, 64)
+    scorer = BertScoreF1(rule_stage.augmenter.scorer.scorer, 64)
     sentences = sorted(set(ucm_captions))[:500]
     batches = scorer._batches(sentences)
     assert sorted(s for b in batches for s in b) == sentences

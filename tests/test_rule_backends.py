@@ -11,7 +11,7 @@ import pytest
 
 from duchkit.augment.caption_text import tokenize
 from duchkit.augment.glove_neighbours import (GloveNeighbours, vectors_from_arrays,
-                                      vectors_from_downloader, vectors_from_file)
+                                              vectors_from_downloader, vectors_from_file)
 from duchkit.augment.pos_tagging import NltkTagger, StanzaTagger, TaggerUnavailable
 from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig
 from duchkit.pipelines.stage import StageContext
@@ -19,19 +19,12 @@ from duchkit.pipelines.stages.rule_augment import RuleAugment
 
 
 @pytest.fixture(scope="module")
-def stage():
-    st = RuleAugment()
-    st.setup(StageContext())
-    return st
-
-
-@pytest.fixture(scope="module")
-def tagged(stage, shared_data):
+def tagged(rule_stage, shared_data):
     """Distinct UCM captions tokenised and tagged by spaCy: training data for other taggers."""
     data = json.loads((shared_data / "ucm" / "captions.json").read_text())
     caps = sorted({s["raw"] for im in data["images"] for s in im["sentences"]})[::5]
     toks = [tokenize(c) for c in caps]
-    return caps, toks, stage.augmenter.tagger.tag(toks)
+    return caps, toks, rule_stage.augmenter.tagger.tag(toks)
 
 
 # ------------------------------------------------------------------------------- NLTK
@@ -46,7 +39,7 @@ def test_nltk_tagger_missing_data_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_nltk_tagger_loads_user_data_and_drives_the_algorithm(tmp_path, monkeypatch, tagged,
-                                                              stage):
+                                                              rule_stage):
     import nltk
     from nltk.tag.perceptron import PerceptronTagger
 
@@ -67,7 +60,7 @@ def test_nltk_tagger_loads_user_data_and_drives_the_algorithm(tmp_path, monkeypa
     assert agree > 0.9
     assert tagger.tag([[], ["farmland"]])[0] == []
 
-    a = stage.augmenter
+    a = rule_stage.augmenter
     aug = RuleAugmenter(tagger, a.neighbours, a.scorer, RuleConfig())
     res = aug.augment(caps[300:308])
     changed = [(c, r) for c, r in zip(caps[300:308], res) if r.changed]
@@ -159,8 +152,8 @@ def test_vectors_through_the_gensim_downloader(tmp_path, tiny_vectors, monkeypat
         vectors_from_downloader("glove-unknown")
 
 
-def test_neighbours_equal_gensim_most_similar(stage):
-    nb = GloveNeighbours(stage.augmenter.neighbours.kv, top_n=10, threshold=-1.0)
+def test_neighbours_equal_gensim_most_similar(rule_stage):
+    nb = GloveNeighbours(rule_stage.augmenter.neighbours.kv, top_n=10, threshold=-1.0)
     words = ["farmland", "airport", "parked", "river", "trees", "residential"]
     got = nb.neighbours(words)
     for w in words:
@@ -226,7 +219,7 @@ def tiny_dataset(tmp_path_factory, shared_data):
     return folder
 
 
-def test_cli_and_shard_alone_equals_full_run(tiny_dataset, tmp_path, stage, capsys):
+def test_cli_and_shard_alone_equals_full_run(tiny_dataset, tmp_path, rule_stage, capsys):
     from duchkit.pipelines.cli import main
     from duchkit.pipelines.runner import read_stage
 

@@ -53,7 +53,7 @@ def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
     from duchkit.hashing.model import DUCH
     from duchkit.hashing.train import seed_everything
     from duchkit.pipelines.run_folder import codes_table
-    from duchkit.pipelines.stage_folder import write_stage_folder
+    from duchkit.pipelines.store import write_stage_folder
     from duchkit.pipelines.training_data import load_archive
 
     archive = load_archive(demo_run / "image_embeddings", demo_run / "caption_embeddings")

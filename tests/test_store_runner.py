@@ -19,7 +19,7 @@ import pytest
 
 from duchkit.pipelines.config import build_config, load_config
 from duchkit.pipelines.runner import run_pipeline
-from duchkit.pipelines.schema import embedding_field, stage_metadata
+from duchkit.pipelines.schema import embedding_field, fixed_size_list, stage_metadata
 from duchkit.pipelines.store import StageStore, sha256_file, write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +46,7 @@ def test_shard_roundtrips_through_pandas_pyarrow_and_duckdb(tmp_path):
         {b"duchkit.stage": b"demo", b"duchkit.params": b"{}", b"duchkit.models": b"{}"})
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
     table = pa.table({"caption_id": ["a#0", "a#1", "b#0"],
-                      "caption_embedding": pa.FixedSizeListArray.from_arrays(
-                          pa.array(vectors.ravel()), 4)}, schema=schema)
+                      "caption_embedding": fixed_size_list(vectors)}, schema=schema)
     path = tmp_path / "part-00000.parquet"
     digest = write_table(path, table)
     assert digest == sha256_file(path)

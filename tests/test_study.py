@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from duchkit.pipelines.stage import ConfigError
-from duchkit.pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study, run_study
+from duchkit.pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study
+from duchkit.pipelines.study_run import run_study
 
 GRID = """
 [study]

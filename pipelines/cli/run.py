@@ -30,7 +30,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = config.run.out
     study_report = None
     if "study" in config.extra:  # e.g. the demo ends with a short study on its embeddings
-        from duchkit.pipelines.study import prepare_study, run_study
+        from duchkit.pipelines.study import prepare_study
+        from duchkit.pipelines.study_run import run_study
 
         spec = config.extra["study"].get("config", "demo")
         overrides = {"out": out, **{k: getattr(args, k, None) for k in

@@ -41,7 +41,8 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from duchkit.pipelines.study import prepare_study, run_study
+    from duchkit.pipelines.study import prepare_study
+    from duchkit.pipelines.study_run import run_study
 
     overrides = {"out": args.out, "device": args.device}
     study = prepare_study(args.config, args.dataset, overrides, parse_seeds(args.seeds))

