@@ -22,7 +22,7 @@ processed once (in "best" mode; in "random" mode each caption draws from its own
 the tag/score caches still share identical substituted sentences). GloVe neighbours are computed
 once per distinct word, in one vectorised pass.
 
-Where this differs from the authors' code (REFERENCE.md item 8), on purpose: the BERTScore
+Where this differs from the authors' public code, on purpose: the BERTScore
 threshold is applied (their default path ignores it); BERTScore is computed in corpus-wide
 batches instead of one call per token of every caption (same scores, see
 benchmarks/rule_augment.py, which re-implements their loop order and checks that both give the

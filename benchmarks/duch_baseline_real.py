@@ -5,7 +5,8 @@ one-caption protocol, final epoch), to compare with our trainer on the very same
                                             [--select-on-test]
 
 --select-on-test keeps the epoch their trainer would keep: the best mAP on the reported
-query/retrieval split itself (REFERENCE.md defect 3), the way REFERENCE's bar was measured.
+query/retrieval split itself (the authors' code selects on its test split), the way their
+published-code figures were measured.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def authors_loop_maps(features, bits: int, seed: int, epochs: int = 100,
     50% train part including our validation slice) and return mAP@20 on our query/retrieval
     split: {"standard": {...}, "authors": {...}} for i2t/t2i/i2i/t2t, of the final epoch, or with
     `select_on_test` of the epoch their trainer keeps: the best I->T + T->I (their mAP variant)
-    on that very query/retrieval split (REFERENCE.md defect 3), plus "epoch"."""
+    on that very query/retrieval split (as the authors' code selects), plus "epoch"."""
     f = features.one_caption_per_image(seed)
     s = split_indices(f.n, seed)
     split = np.empty(f.n, dtype=object)

@@ -1,51 +1,69 @@
-"""DUCH retrieval quality on real UCM features (offline-profile encoders), next to the bar of
-REFERENCE.md (the authors' trainer on the same kind of features) and the paper's Table IV.
+"""DUCH retrieval quality on real UCM features (offline-profile encoders), next to the bar (the
+authors' public trainer measured on the same kind of features) and the paper's Table IV.
 
     python benchmarks/ucm_features.py --out FEAT        # once
     python benchmarks/duch_quality.py --features FEAT [--bits 16 32 64 128] [--seeds 0 1]
-                                      [--epochs 100] [--protocol paper|all] [--baseline]
+                                      [--epochs 100] [--protocol paper|all|paper-eval]
+                                      [--baseline] [--set KEY=VALUE ...]
     python benchmarks/duch_quality.py --summarise RESULT   # paired differences of a result
     python benchmarks/duch_quality.py --summarise R1 R2 --tag=-pooled   # seeds of R1 + R2
-    python benchmarks/duch_quality.py --compare A B --tag=-x   # A - B by seed, e.g. --amp
+    python benchmarks/duch_quality.py --compare A B --tag=-x   # A - B by seed, e.g. --set amp=true
 
 protocol paper: one seeded caption per image for training and evaluation (the authors' setting,
 so the text database has one caption per retrieval image); all: all five captions; paper-eval:
 trained on all five captions (duchkit's default, one random caption per image each epoch;
-REFERENCE's defect 4 is that the authors' code uses one), scored as the paper protocol is, on
+the authors' code uses one), scored as the paper protocol is, on
 the very same caption of each image (`duchkit evaluate --captions one`). Model
 selection on the validation slice carved from train; mAP@20 on the query/retrieval split, class
-relevance: standard AP@20 (over the relevant hits of the top 20, as REFERENCE's bar), the ir
+relevance: standard AP@20 (over the relevant hits of the top 20, as the bar), the ir
 normalisation (over min(20, R)) and the authors' variant.
 
 --baseline also trains the authors-structured loop (benchmarks/duch_train.py, as
 benchmarks/duch_baseline_real.py runs it) on the very same features, caption choice and
 query/retrieval split for every bits x seed, and says whether ours beats it in every cell (the
-comparison REFERENCE.md asks for). Protocols paper and paper-eval (the same evaluation).
+comparison that matters: same features, same splits). Protocols paper and paper-eval (the same evaluation).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from duchkit.hashing.config import TrainConfig
 from duchkit.hashing.metrics import VARIANTS
-from duchkit.pipelines.cli import main as duchkit
 from bench_results import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BAR = {  # REFERENCE.md: the authors' trainer on the offline-profile features, UCM, mAP@20
+BAR = {  # the authors' public trainer on the offline-profile features, UCM, mAP@20
     "authors": {"i2t": [.832, .876, .924, .925], "t2i": [.879, .951, .979, .976]},
     "standard": {"i2t": [.863, .889, .935, .923], "t2i": [.913, .965, .983, .981]},
 }
 PAPER = {"i2t": [.760, .794, .844, .870], "t2i": [.799, .851, .916, .927]}
 BITS = [16, 32, 64, 128]
+
+
+def train_config(bits: int, seed: int, epochs: int, protocol: str, settings: list[str]
+                 ) -> TrainConfig:
+    """The TrainConfig of one run: the protocol's caption setting plus KEY=VALUE settings
+    (JSON values: 100, true, 1e-3, "sum")."""
+    values: dict = {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    ablation = values.pop("ablation", "DUCH")
+    cfg = TrainConfig(bits=bits, epochs=epochs, seed=seed, device="cpu",
+                      captions_per_image=1 if protocol == "paper" else 0, **values)
+    return cfg.with_ablation(ablation).validate()
 
 
 def cached_authors_loop(archive, features: Path, bits: int, seed: int, epochs: int) -> dict:
@@ -211,8 +229,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--baseline", action="store_true",
                     help="also train the authors-structured loop on the same features/splits")
-    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                    help="more duchkit train options")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig value, e.g. --set checkpoint_every=100 --set amp=true; "
+                    "ablation=NAME applies a Table III ablation")
     args = ap.parse_args()
     if args.summarise:
         return summarise(args.summarise, args.tag)
@@ -223,31 +242,24 @@ def main() -> None:
     if args.baseline and args.protocol == "all":
         ap.error("--baseline compares under the paper's evaluation (one caption per image): "
                  "--protocol paper or paper-eval")
-    archive = None
-    if args.baseline:
-        from duchkit.pipelines.training_data import load_archive
+    from duchkit.pipelines.evaluation import evaluate_run
+    from duchkit.pipelines.training import train_run
+    from duchkit.pipelines.training_data import load_archive
 
-        archive = load_archive(args.features / "image_embeddings",
-                               args.features / "text_embeddings")
+    archive = load_archive(args.features / "image_embeddings", args.features / "text_embeddings")
     rows = {}
     for bits in args.bits:
         per_seed = []
         for seed in args.seeds:
             run = args.out / f"{args.protocol}-{bits}-{seed}"
             t = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                rc = duchkit(["train", "--images", str(args.features / "image_embeddings"),
-                              "--texts", str(args.features / "text_embeddings"), "--out",
-                              str(run), "--bits", str(bits), "--epochs", str(args.epochs),
-                              "--seed", str(seed), "--device", "cpu", "--quiet",
-                              "--captions-per-image", "1" if args.protocol == "paper" else "0"]
-                             + args.extra)
-                assert rc == 0, run
-                # train's own evaluation (metrics.json) is the standard variant on what it coded
-                one = args.protocol == "paper-eval"
-                for variant in ("standard", "ir", "authors") if one else ("ir", "authors"):
-                    assert duchkit(["evaluate", "--run", str(run), "--map-variant", variant]
-                                   + (["--captions", "one"] if one else [])) == 0
+            cfg = train_config(bits, seed, args.epochs, args.protocol, args.set)
+            train_run(archive, cfg, run, say=lambda s: None)
+            # train's own evaluation (metrics.json) is the standard variant on what it coded
+            one = args.protocol == "paper-eval"
+            for variant in ("standard", "ir", "authors") if one else ("ir", "authors"):
+                evaluate_run(run, variant, cfg.map_k, "class", echo=False,
+                             captions="one" if one else "all")
             name = {v: f"metrics-{v}-class{'-one-caption' if one else ''}.json"
                     for v in ("standard", "ir", "authors")}
             if not one:
@@ -261,7 +273,7 @@ def main() -> None:
                              "standard": {d: std[d]["map"] for d in ("i2t", "t2i")},
                              "ir": {d: ir[d]["map"] for d in ("i2t", "t2i")},
                              "authors": {d: auth[d]["map"] for d in ("i2t", "t2i")}})
-            if archive is not None:
+            if args.baseline:
                 per_seed[-1]["authors_loop"] = cached_authors_loop(archive, args.features,
                                                                    bits, seed, args.epochs)
             print(json.dumps({"bits": bits, **per_seed[-1]}), f"({time.perf_counter() - t:.0f} s)",
@@ -292,7 +304,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     result = {"bench": "duch_quality", "device": "cpu", "protocol": args.protocol,
-              "epochs": args.epochs, "seeds": args.seeds, "extra": args.extra,
+              "epochs": args.epochs, "seeds": args.seeds, "extra": args.set,
               "baseline": args.baseline,
               "results": rows, "table": table}
     write_result(result, f"duch_quality-{args.protocol}{args.tag}-cpu.json")

@@ -8,8 +8,8 @@ Inputs: class-structured synthetic embeddings of the paper's sizes (ResNet18 512
 initial weights on the same 50/10/40 split; ours holds out 10% of its train part for model
 selection, the baseline trains on all of it (as the authors do).
 
-The baseline re-implements the structure of the authors' trainer as REFERENCE.md describes it
-(written here, nothing copied): features stay on the host and each batch is gathered and copied
+The baseline re-implements the structure of the authors' public trainer (written here from its
+description, nothing copied): features stay on the host and each batch is gathered and copied
 to the device; the two hashing networks run once per view; the discriminator takes two
 real/fake sub-steps with a gradient penalty per batch; every loss, NT-Xent included, is summed
 over the batch; the four loss values are pulled to the host every batch; one fixed caption per
@@ -104,7 +104,7 @@ def baseline_train(feats, train_idx, bits, epochs, device, seed, log=lambda s: N
             disc_step(g1, h1, bs)
             disc_step(g2, h2, bs)
             opt_dis.step()
-            # every term summed over the batch, NT-Xent included (REFERENCE item 6)
+            # every term summed over the batch, NT-Xent included, as the authors' code does
             ntx = sum(nt_xent(a, b, reduction="sum") for a, b in ((h1, g1), (h1, h2), (g1, g2)))
             adv = sum(-torch.log(torch.sigmoid(model.discriminator(g))).sum() for g in (g1, g2))
             b = B[idx.to(device)]

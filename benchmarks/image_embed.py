@@ -14,7 +14,7 @@ ours      = the stages as a run executes them: `augment-images` (decode, validat
             resize while the main process runs the encoder on batches: eval mode, batch-norms
             folded into the convolutions, ImageNet normalisation, channels-last, fp16 autocast
             on CUDA), then the Parquet write.
-baseline  = the authors' pattern (REFERENCE.md item 7; written here, nothing copied): in the
+baseline  = the authors' public code's pattern (written here from its description): in the
             main process, per image, PIL open + torchvision transforms for each view, the two
             views as one batch through the encoder in train mode without normalisation, features
             gathered and written at the end.
@@ -50,8 +50,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -59,11 +57,14 @@ import torch
 from duchkit.augment import image_views as iv
 from duchkit.pipelines.encoders import load_image_encoder
 from duchkit.pipelines.readers import DatasetSpec, read_dataset
+from duchkit.pipelines.schema import fixed_size_list
 from duchkit.pipelines.stage import StageContext
 from duchkit.pipelines.stages.augment_images import AugmentImages
-from duchkit.pipelines.stages.embed import (EmbedImages, default_batch_size,
-                                            default_loader_workers)
+from duchkit.pipelines.stages.embed import EmbedImages
+from duchkit.pipelines.view_loader import default_batch_size, default_loader_workers
 from bench_results import shared_data, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -109,8 +110,7 @@ def baseline_embed(paths: list[str], model, device: str, out_path: Path, as_auth
             feats.append(model(x.to(device)).float().cpu())
     model.eval()
     out = torch.cat(feats).numpy()
-    pq.write_table(pa.table({"image_embedding": pa.FixedSizeListArray.from_arrays(
-        pa.array(out.reshape(-1)), out.shape[1])}), out_path)
+    pq.write_table(pa.table({"image_embedding": fixed_size_list(out)}), out_path)
     return out
 
 
@@ -290,7 +290,7 @@ def main() -> None:
         "input_size": encoder.input_size, "batch_size": batch, "precision": args.precision,
         "loader_workers": workers,
         "batch_size_used": default_batch_size(args.device) if batch == -1 else batch,
-        "encoder_procs": stage._procs(args.device),
+        "encoder_procs": stage.encoder_processes(args.device),
         "torch_threads_ours_single_process": ours_threads,
         "baseline_threads_timed": base_threads, "baseline_threads_counted": base_best_threads,
         "ours_per_s": round(table.num_rows / ours_s, 2),

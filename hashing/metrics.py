@@ -5,8 +5,8 @@ and r the number of relevant items among the first K,
     AP@K = (1 / r) * sum_{i=1..K} P(i) rel(i)          (0 when r = 0),
 the mean precision at the relevant hits of the top K. This is eq. 10 as the cross-modal hashing
 literature computes it (the `calc_map_k` of DCMH, DJSRH and JDSH, the methods the paper compares
-with) and the "standard truncated AP@20" of REFERENCE.md's bar: its figures lie above the
-authors' variant, which only this normalisation allows.
+with), the "standard truncated AP@20": its figures can lie above the authors' variant, which
+only this normalisation allows.
 
 IR variant (`variant="ir"`): the same sum over 1 / min(K, R), R the relevant items in the whole
 database (the truncated AP of the IR literature). It also charges the relevant items that did not

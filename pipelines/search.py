@@ -138,7 +138,7 @@ def embed_texts(texts: list[str], names: list[str], texts_dir: Path,
 
 def clean_view_crop(images_dir: Path) -> int | None:
     """The crop size of view 0 as the image stage drew it (None: no crop)."""
-    from duchkit.augment.image_views import ViewSpec
+    from duchkit.augment.view_spec import ViewSpec
     from duchkit.pipelines.store import StageStore
 
     for shard in StageStore(Path(images_dir)).shard_paths():
@@ -155,7 +155,9 @@ def clean_view_crop(images_dir: Path) -> int | None:
 
 def clean_view(path: Path, crop: int | None, size: int) -> np.ndarray:
     """uint8 [1, S, S, 3]: decode, centre crop (the NoAugmentation view 0), resize."""
-    from duchkit.augment.image_views import CenterCrop, Geometry, apply_spec, ViewSpec, resize
+    from duchkit.augment.image_ops import apply_spec, resize
+    from duchkit.augment.image_transforms import CenterCrop, Geometry
+    from duchkit.augment.view_spec import ViewSpec
     from duchkit.pipelines.stages.augment_images import BadImage, read_image
 
     try:

@@ -10,7 +10,7 @@ from PIL import Image
 
 import duchkit.augment.image_views as iv
 from duchkit.augment.image_views import (ImageAugParams, ImageDecodeError, ViewSpec, apply_spec,
-                                 build_setup, decode_rgb, draw_view)
+                                         build_setup, decode_rgb, draw_view)
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,14 @@ EPOCHS = {16: 100, 32: 50}
 
 
 def _train(demo_run: Path, out: Path, bits: int) -> Path:
-    assert main(["train", "--images", str(demo_run / "image_embeddings"),
-                 "--texts", str(demo_run / "caption_embeddings"), "--out", str(out),
-                 "--bits", str(bits), "--batch-size", "16", "--epochs", str(EPOCHS[bits]),
-                 "--eval-every", "5", "--checkpoint-every", "50", "--seed", "0",
-                 "--quiet"]) == 0
+    from duchkit.hashing.config import TrainConfig
+    from duchkit.pipelines.training import train_run
+    from duchkit.pipelines.training_data import load_archive
+
+    archive = load_archive(demo_run / "image_embeddings", demo_run / "caption_embeddings")
+    cfg = TrainConfig(bits=bits, batch_size=16, epochs=EPOCHS[bits], eval_every=5,
+                      checkpoint_every=50, seed=0).validate()
+    train_run(archive, cfg, out, say=lambda s: None)
     return out
 
 
@@ -53,6 +56,7 @@ def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
     from duchkit.hashing.model import DUCH
     from duchkit.hashing.train import seed_everything
     from duchkit.pipelines.run_folder import codes_table
+    from duchkit.pipelines.evaluation import evaluate_run
     from duchkit.pipelines.store import write_stage_folder
     from duchkit.pipelines.training_data import load_archive
 
@@ -64,8 +68,7 @@ def _untrained_metrics(demo_run: Path, run: Path, bits: int, out: Path) -> dict:
     cfg = TrainConfig(bits=bits, seed=0)
     write_stage_folder(out / "codes", codes_table(archive, model, cfg, splits), "codes",
                        "duch-codes", cfg.to_json())
-    assert main(["evaluate", "--run", str(out)]) == 0
-    return json.loads((out / "metrics.json").read_text())["results"]
+    return evaluate_run(out, "standard", 20, "class", echo=False)
 
 
 @pytest.mark.parametrize("bits", [16, 32])

@@ -22,8 +22,10 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from duchkit.augment.image_views import (CLEAN_SETUP, SETUPS, ImageAugParams, ImageDecodeError,
-                                 apply_spec, build_setup, decode_rgb, draw_view)
+from duchkit.augment.image_decode import ImageDecodeError, decode_rgb
+from duchkit.augment.image_ops import apply_spec
+from duchkit.augment.image_setups import CLEAN_SETUP, SETUPS, ImageAugParams, build_setup
+from duchkit.augment.view_spec import draw_view
 from duchkit.pipelines.schema import IMAGE_VIEW_COLUMNS
 from duchkit.pipelines.stage import ConfigError, Stage, StageContext
 from duchkit.pipelines.store import write_table
