@@ -20,16 +20,41 @@ class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message names the image."""
 
 
-def decode_rgb(data: bytes, name: str, min_side: int = 0) -> DecodedImage:
+# PIL's own decompression-bomb error threshold (2 x Image.MAX_IMAGE_PIXELS). duchkit checks the
+# pixel count itself, against this or the dataset's `max_image_pixels`, so that the limit is a
+# setting and an image over it is a named problem instead of PIL's exception.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+def open_image(source, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """PIL image of a path or file object, header only, its pixel count checked first."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # replaced by the check below, with our own limit
+    try:
+        im = Image.open(source)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") \
+            from exc
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        im.close()
+        raise ImageDecodeError(f"{name}: {w} x {h} = {w * h:,} pixels, over the limit of "
+                               f"{max_pixels:,} (raise [dataset] max_image_pixels to accept it)")
+    return im
+
+
+def decode_rgb(data: bytes, name: str, min_side: int = 0,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode image bytes to RGB uint8, fully (truncated files fail here, not later).
 
     Grayscale and palette images are converted, alpha is dropped, 16/32-bit integer images are
     scaled to 8 bit by their type range; images with a side below `min_side` are resized up
     (bicubic, aspect kept) so that a crop of `min_side` fits, and flagged."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    im = open_image(io.BytesIO(data), name, max_pixels)
     try:
-        im = Image.open(io.BytesIO(data))
         im.load()
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") \

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 REDUCTIONS = ("mean", "sum")
 INPUT_NORMS = ("l2", "none")  # how the hashing networks scale their input (hashing.model)
-# mAP@K normalisations, defined in hashing.metrics: "standard" (1 / relevant hits in the top K, the
-# hashing literature's and REFERENCE's), "ir" (1 / min(K, R)), "authors" (their variant)
+# mAP@K normalisations, defined in hashing.metrics: "standard" (1 / relevant hits in the top K,
+# the hashing literature's), "ir" (1 / min(K, R)), "authors" (the authors' variant)
 MAP_VARIANTS = ("standard", "ir", "authors")
 
 # Table III: each ablation is a set of weight overrides.
@@ -43,8 +43,7 @@ class TrainConfig:
     # so with constant beta/gamma the binarisation terms weigh 8x more against the contrastive
     # ones at 128 bits than at 16. With weights_ref_bits = R, beta and gamma are the weights at
     # R bits (the paper tuned them at 64: Fig. 4) and scale by R / K at K bits; 0 = constant,
-    # the paper's literal reading. On real UCM features (5 seeds) the validation slice preferred
-    # R = 64 to constant weights in 14 of 15 runs at 16, 32 and 128 bits.
+    # the paper's literal reading.
     weights_ref_bits: int = 64
     # optimisers (section IV-C)
     lr: float = 1e-4
@@ -70,9 +69,7 @@ class TrainConfig:
     # The model kept is the latest evaluated epoch whose validation mAP is within selection_se
     # standard errors (over the validation queries) of the best one: the one-standard-error
     # rule. A validation slice is small (105 UCM images), so late-epoch differences are mostly
-    # noise, and the plain best epoch (selection_se = 0) was at times a blip half-way through
-    # training (UCM 64 bits, seed 5: epoch 50 of 100, validation .949 against .948 at the end,
-    # query/retrieval T->I .963 against .976).
+    # noise, and the plain best epoch (selection_se = 0) can be a blip half-way through training.
     selection_se: float = 1.0
     # execution
     device: str = "cpu"
@@ -88,7 +85,9 @@ class TrainConfig:
                            self.lambda_text, self.tau, self.reduction)
 
     def validate(self) -> "TrainConfig":
-        problems = []
+        problems = self._type_problems()
+        if problems:  # the range checks below assume the types
+            raise ValueError("bad training config: " + "; ".join(problems))
         if self.bits not in (8, 16, 24, 32, 48, 64, 96, 128, 256):
             problems.append(f"bits={self.bits} (use 16, 32, 64 or 128)")
         if self.selection_se < 0:
@@ -97,6 +96,19 @@ class TrainConfig:
             problems.append(f"checkpoint_every={self.checkpoint_every} (must be >= 1)")
         if self.epochs < 1 or self.batch_size < 2:
             problems.append("epochs must be >= 1 and batch_size >= 2")
+        for name in ("hidden", "eval_every", "map_k", "lr_decay_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        for name in ("lr", "disc_lr"):  # 0 freezes a network: a legitimate control
+            if not 0 <= getattr(self, name) < float("inf"):  # also catches NaN
+                problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
+        for name in ("eps", "disc_eps"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}={getattr(self, name)} (must be > 0)")
+        if not 0 < self.lr_decay <= 1:
+            problems.append(f"lr_decay={self.lr_decay} (a factor in (0, 1])")
+        if min(self.weight_decay, self.disc_weight_decay) < 0:
+            problems.append("weight decays must be >= 0")
         if self.reduction not in REDUCTIONS:
             problems.append(f"reduction={self.reduction!r} (one of {REDUCTIONS})")
         if self.input_norm not in INPUT_NORMS:
@@ -113,6 +125,30 @@ class TrainConfig:
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
         return self
+
+    def _type_problems(self) -> list[str]:
+        """Each field holds its annotated type: "zero" is no seed, "no" no boolean, and a bool
+        is no number (a TOML or JSON value reaches here unconverted)."""
+        problems = []
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if kind == "bool":
+                ok = isinstance(value, bool)
+            elif kind == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif kind == "str":
+                ok = isinstance(value, str)
+            elif kind.startswith("tuple"):
+                ok = (isinstance(value, (tuple, list)) and len(value) == 2
+                      and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                              for v in value))
+            else:
+                continue
+            if not ok:
+                problems.append(f"{f.name}={value!r} (expected {kind})")
+        return problems
 
     def with_ablation(self, name: str) -> "TrainConfig":
         if name not in ABLATIONS:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from duchkit.pipelines.readers import DatasetError, DatasetSpec
-from duchkit.pipelines.stage import ConfigError, Stage
+from duchkit.pipelines.stage import ConfigError, Stage, type_problems
 
 SOURCE_STAGE = "records"  # the reader's output, the input of the first stage
 
@@ -64,7 +64,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -95,6 +100,13 @@ def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(known)}")
+    for section in ("dataset", "run", "train", "evaluate", "study"):
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of settings")
+    stages_raw = data.get("stages") or []
+    if not isinstance(stages_raw, list) or not all(isinstance(s, dict) for s in stages_raw):
+        raise ConfigError(f"{where}: stages must be a list of tables: write [[stages]] (two "
+                          "brackets) before each stage, not [stages]")
     ds = dict(data.get("dataset") or {})
     if "captions" not in ds:
         raise ConfigError(f"{where}: [dataset] needs 'captions' (a captions JSON file or a "
@@ -104,6 +116,9 @@ def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
             ds[key] = _resolve(base, ds[key])
     try:
         spec = DatasetSpec(**ds)
+        problems = type_problems(spec)
+        if problems:
+            raise ConfigError(f"{where}: [dataset]: " + "; ".join(problems))
     except TypeError as exc:
         raise ConfigError(f"{where}: [dataset]: {exc}") from exc
     except DatasetError as exc:
@@ -115,6 +130,9 @@ def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
         run = RunSettings(**run_values)
     except TypeError as exc:
         raise ConfigError(f"{where}: [run]: {exc}") from exc
+    problems = type_problems(run)
+    if problems:
+        raise ConfigError(f"{where}: [run]: " + "; ".join(problems))
     if run.out is None:
         run.out = Path("duchkit-out").resolve()
     elif "out" in (overrides or {}) and overrides["out"] is not None:
@@ -131,7 +149,7 @@ def build_config(data: dict[str, Any], base: Path, source: Path | None = None,
     entries: list[StageEntry] = []
     previous = SOURCE_STAGE
     names = {SOURCE_STAGE}
-    for i, raw in enumerate(data.get("stages") or []):
+    for i, raw in enumerate(stages_raw):
         here = f"{where}: stages[{i}]"
         values = dict(raw)
         kind = values.pop("kind", None)

@@ -28,6 +28,9 @@ def _proc_init(stage: EmbedImages) -> None:
     import cv2
     import torch
 
+    from duchkit.pipelines.worker_guard import die_with_parent
+
+    die_with_parent()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     _PROC["encoder"] = stage.encoder().to("cpu")

@@ -57,7 +57,12 @@ _WORKER: dict = {}
 IN_WORKER = "DUCHKIT_IN_WORKER"  # set in engine workers: stages then keep to one process
 
 
+
+
 def _init_worker(stage: Stage, ctx: StageContext, schema: pa.Schema) -> None:
+    from duchkit.pipelines.worker_guard import die_with_parent
+
+    die_with_parent()
     os.environ[IN_WORKER] = "1"
     stage.setup(ctx)
     _WORKER.update(stage=stage, ctx=ctx, schema=schema)

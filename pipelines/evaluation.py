@@ -48,9 +48,18 @@ def one_caption_rows(t: pa.Table, seed: int, where: Path) -> np.ndarray:
 
 def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = True,
                  captions: str = "all") -> dict:
+    from duchkit.hashing.config import MAP_VARIANTS
     from duchkit.hashing.evaluate import evaluate_codes, markdown_table, plot_pk
-    from duchkit.pipelines.store import StageStore, atomic_write_json
+    from duchkit.pipelines.store import StageStore, atomic_write_bytes, atomic_write_json
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"duchkit evaluate: --k must be an integer >= 1, not {k!r}")
+    if variant not in MAP_VARIANTS:
+        raise ConfigError(f"duchkit evaluate: --map-variant must be one of {MAP_VARIANTS}")
+    if relevance not in ("class", "pair") or captions not in ("all", "one"):
+        raise ConfigError(f"duchkit evaluate: relevance {relevance!r} / captions {captions!r}: "
+                          "expected class|pair and all|one")
+    run = Path(run)
     store = StageStore(run / CODES)
     if not store.is_complete():
         raise ConfigError(f"duchkit evaluate: {run} has no {CODES}/ folder: is it a run folder "
@@ -87,17 +96,22 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
     run_relevance = "class"
     if info is not None and not info["has_labels"]:
         run_relevance = "pair"
-    # the run's own evaluation is metrics.json; other variants get a suffix
-    suffix = "" if (variant, relevance) == ("standard", run_relevance) else f"-{variant}-{relevance}"
+    # the run's own evaluation (the one train wrote) is metrics.json; any other setting gets a
+    # suffix that names it, so it never overwrites the run's own results
+    own_k = (info or {}).get("config", {}).get("map_k", 20)
+    own = (variant, relevance, k) == ("standard", run_relevance, own_k) and not one_of_all
+    suffix = "" if own else f"-{variant}-{relevance}"
+    if k != own_k:
+        suffix += f"-k{k}"
     title = f"DUCH {bits} bits, {relevance} relevance"
     if one_of_all:
-        suffix, title = f"-{variant}-{relevance}-one-caption", title + ", one caption per image"
+        suffix, title = suffix + "-one-caption", title + ", one caption per image"
     atomic_write_json(run / f"metrics{suffix}.json", {
         "bits": bits, "k": k, "variant": variant, "relevance": relevance,
         "captions": "one per image (paper protocol)" if captions == "one" or one_caption_run
                     else "all",
         "tie_rule": "equal Hamming distance: lower retrieval index first", "results": results})
-    (run / f"metrics{suffix}.md").write_text(markdown_table(results, title))
+    atomic_write_bytes(run / f"metrics{suffix}.md", markdown_table(results, title).encode())
     plot_pk(results, run / f"pk_curve{suffix}.png", title)
     if echo:
         print(markdown_table(results, title))

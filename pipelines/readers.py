@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from duchkit.augment.image_decode import DEFAULT_MAX_PIXELS, ImageDecodeError, open_image
 from duchkit.pipelines.schema import RECORD_SCHEMA, SPLIT_ALIASES
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
@@ -50,7 +51,8 @@ class DatasetSpec:
     filename_map: Path | None = None
     name: str | None = None
     label_from_filename: bool = True  # precomp only: class = file-name prefix before '_'
-    check_images: bool = True
+    check_images: bool = True  # decode every image once, at validation
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are problems, not crashes
 
     def __post_init__(self) -> None:
         self.captions = Path(self.captions)
@@ -91,6 +93,10 @@ def _caption_problem(text: Any) -> str | None:
     return None
 
 
+def _type_and_value(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
 def _split(value: Any) -> str | None:
     return SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
 
@@ -120,8 +126,22 @@ def read_captions_json(path: Path, dataset: str) -> tuple[list[dict], list[Probl
         image_id = img["filename"].strip()
         entry = f"images[{i}] ({image_id})"
         label = img.get("classname")
-        if label is None and img.get("classcode") is not None:
-            label = classes.get(str(img["classcode"]), str(img["classcode"]))
+        base = {"dataset": dataset, "image_id": image_id, "label": None, "split": None,
+                "image_path": None}
+        if label is not None and not isinstance(label, str):
+            problems.append(Problem(str(path), f"{entry}.classname",
+                                    f"non-text classname: {_type_and_value(label)}", base))
+            continue
+        code = img.get("classcode")
+        if label is None and code is not None:
+            if isinstance(code, bool) or not isinstance(code, (int, str)):
+                problems.append(Problem(str(path), f"{entry}.classcode",
+                                        f"classcode is not an integer or text: "
+                                        f"{_type_and_value(code)}", base))
+                continue
+            label = classes.get(str(code), str(code)) if isinstance(classes, dict) else str(code)
+            if not isinstance(label, str):
+                label = str(label)
         split = _split(img.get("split"))
         base = {"dataset": dataset, "image_id": image_id, "label": label,
                 "split": split, "image_path": None}
@@ -134,11 +154,22 @@ def read_captions_json(path: Path, dataset: str) -> tuple[list[dict], list[Probl
                                     f"unknown split: {img.get('split')!r} (expected train/val/test)",
                                     base))
             continue
-        sentences = img.get("sentences") or []
+        sentences = img.get("sentences")
+        if sentences is not None and not isinstance(sentences, list):
+            problems.append(Problem(str(path), f"{entry}.sentences",
+                                    "sentences is not a list of {\"raw\": text} objects: "
+                                    f"{_type_and_value(sentences)}", base))
+            continue
         if not sentences:
             problems.append(Problem(str(path), entry, "image with no captions", base))
             continue
         for k, sent in enumerate(sentences):
+            if isinstance(sent, dict) and "raw" not in sent:
+                problems.append(Problem(str(path), f"{entry}.sentences[{k}]",
+                                        "caption object without 'raw'",
+                                        dict(base, caption_id=f"{image_id}#{k}", caption_index=k,
+                                             caption=repr(sent)[:200])))
+                continue
             raw = sent.get("raw") if isinstance(sent, dict) else sent
             row = dict(base, caption_id=f"{image_id}#{k}", caption_index=k, caption=raw)
             bad = _caption_problem(raw)
@@ -287,13 +318,19 @@ class ImageLocator:
         return None, f"missing image: no file for {image_id} under {self.root}"
 
 
-def check_image(path: Path) -> str | None:
-    from PIL import Image, UnidentifiedImageError
+def check_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """None if the image decodes completely, else why not. JPEGs decode at 1/8 scale (the
+    whole bitstream is still read, so a truncated file fails) to keep validation cheap."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        with open_image(path, str(path), max_pixels) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except ImageDecodeError as exc:
+        return f"unreadable image: {exc}"
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         return f"unreadable image: {path} ({type(exc).__name__}: {exc})"
     return None
 
@@ -319,7 +356,7 @@ def read_dataset(spec: DatasetSpec) -> ReadResult:
             if iid not in verdict:
                 path, bad = locator.locate(iid)
                 if bad is None and path is not None and spec.check_images:
-                    bad = check_image(path)
+                    bad = check_image(path, spec.max_image_pixels)
                 verdict[iid] = (path, bad)
             path, bad = verdict[iid]
             row["image_path"] = str(path) if path is not None else None

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from duchkit.pipelines.config import SOURCE_STAGE, PipelineConfig, StageEntry
 from duchkit.pipelines.engines import ShardTask, make_engine
+from duchkit.pipelines.folder_lock import LOCK_FILE, folder_lock
 from duchkit.pipelines.readers import (DatasetError, DatasetSpec, describe_problems, problems_table,
                                        read_dataset)
 from duchkit.pipelines.schema import RECORD_SCHEMA, with_stage_metadata
@@ -89,7 +90,11 @@ def ingest(spec: DatasetSpec, out: Path, shard_rows: int, lenient: bool,
     store = StageStore(out / SOURCE_STAGE)
     fp = fingerprint(dataset_fingerprint(spec), shard_rows, lenient)
     if not force and store.is_complete() and store.manifest().get("fingerprint") == fp:
-        return store.manifest()
+        damaged = store.damaged_shards(fp)
+        if not damaged:
+            return store.manifest()
+        log.warning("records: %s missing or changed on disk; reading the dataset again",
+                    ", ".join(damaged))
     start = time.perf_counter()
     result = read_dataset(spec)
     if result.problems and not lenient:
@@ -222,16 +227,40 @@ def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool =
         records = StageStore(out / SOURCE_STAGE)
         plans = [StagePlan(SOURCE_STAGE, "complete" if records.is_complete() else "new", 0, 0)]
         return plans + [plan_stage(e, out, config.run.seed) for e in config.stages]
-    setup_logging(out)
-    log.info("duchkit %s: run into %s", __version__, out)
-    manifests = {SOURCE_STAGE: ingest(config.dataset, out, config.run.shard_rows,
-                                      config.run.lenient)}
-    device = resolve_device(config.run.device)
-    ctx = StageContext(seed=config.run.seed, device=device, log=log)
-    for entry in config.stages:
-        manifests[entry.name] = run_stage(entry, out, ctx, config.run.workers, config.run.engine,
-                                          progress, config.run.ray_address)
+    new_folder = not Path(out).exists()
+    with folder_lock(out, "duchkit run"):
+        setup_logging(out)
+        log.info("duchkit %s: run into %s", __version__, out)
+        try:
+            manifests = {SOURCE_STAGE: ingest(config.dataset, out, config.run.shard_rows,
+                                              config.run.lenient)}
+        except DatasetError:
+            if new_folder:  # a strict validation failure leaves nothing behind
+                remove_new_folder(out)
+            raise
+        device = resolve_device(config.run.device)
+        ctx = StageContext(seed=config.run.seed, device=device, log=log)
+        for entry in config.stages:
+            manifests[entry.name] = run_stage(entry, out, ctx, config.run.workers,
+                                              config.run.engine, progress,
+                                              config.run.ray_address)
     return manifests
+
+
+def remove_new_folder(out: Path) -> None:
+    """Undo what a run wrote into a folder it created (its log and lock file), then the folder
+    itself if nothing else is there."""
+    path = (Path(out) / "duchkit.log").resolve()
+    for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)
+              and Path(h.baseFilename) == path]:
+        log.removeHandler(h)
+        h.close()
+    path.unlink(missing_ok=True)
+    (Path(out) / LOCK_FILE).unlink(missing_ok=True)
+    try:
+        Path(out).rmdir()
+    except OSError:
+        pass
 
 
 def read_stage(out: Path, name: str) -> pa.Table:

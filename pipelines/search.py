@@ -158,10 +158,11 @@ def clean_view(path: Path, crop: int | None, size: int) -> np.ndarray:
     from duchkit.augment.image_ops import apply_spec, resize
     from duchkit.augment.image_transforms import CenterCrop, Geometry
     from duchkit.augment.view_spec import ViewSpec
+    from duchkit.augment.image_decode import DEFAULT_MAX_PIXELS
     from duchkit.pipelines.stages.augment_images import BadImage, read_image
 
     try:
-        image = read_image(str(path), path.name, crop or 0)
+        image = read_image(str(path), path.name, crop or 0, DEFAULT_MAX_PIXELS)
     except BadImage as exc:
         raise ConfigError(f"--image: {exc}") from None
     h, w = image.pixels.shape[:2]

@@ -39,6 +39,43 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the section and field."""
 
 
+def _matches(value: Any, annotation: str) -> bool:
+    """Whether a config value fits a dataclass field's annotation (as written in the source:
+    "int", "float | bool", "list[str]", "dict[str, str]", "Path | None", ...). A bool is not a
+    number, an int is a float, and a form this does not know is accepted."""
+    alternatives = [a.strip() for a in annotation.split("|")]
+    for alt in alternatives:
+        if alt == "None":
+            ok = value is None
+        elif alt == "bool":
+            ok = isinstance(value, bool)
+        elif alt == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif alt == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif alt == "str":
+            ok = isinstance(value, str)
+        elif alt == "Path":
+            ok = isinstance(value, (str, Path))
+        elif alt.startswith("list[") and alt.endswith("]"):
+            ok = isinstance(value, list) and all(_matches(v, alt[5:-1]) for v in value)
+        elif alt.startswith("dict[str, ") and alt.endswith("]"):
+            ok = isinstance(value, dict) and all(isinstance(k, str) and _matches(v, alt[10:-1])
+                                                 for k, v in value.items())
+        else:
+            return True
+        if ok:
+            return True
+    return False
+
+
+def type_problems(obj: Any) -> list[str]:
+    """Fields of a dataclass instance whose value does not fit the annotation."""
+    return [f"{f.name} = {getattr(obj, f.name)!r} is not {f.type}"
+            for f in dataclasses.fields(obj)
+            if not _matches(getattr(obj, f.name), str(f.type))]
+
+
 @dataclass
 class Stage:
     """Base class of every stage. Subclasses are dataclasses whose fields are the parameters.
@@ -91,6 +128,10 @@ class Stage:
             raise ConfigError(f"{where}: unknown field(s) {unknown} for stage '{cls.kind}'; "
                               f"known: {sorted(known)}")
         try:
-            return cls(**values)
+            stage = cls(**values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        problems = type_problems(stage)
+        if problems:
+            raise ConfigError(f"{where}: stage '{cls.kind}': " + "; ".join(problems))
+        return stage

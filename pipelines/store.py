@@ -23,6 +23,10 @@ STATUS_DIR = "_status"
 SHARD_GLOB = "part-*.parquet"
 
 
+class DamagedStage(FileNotFoundError):
+    """A stage folder whose manifest cannot be read; a rerun recomputes the stage."""
+
+
 def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
@@ -149,10 +153,29 @@ class StageStore:
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             raise FileNotFoundError(f"{self.root} has no {MANIFEST}: the stage has not completed")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+            raise DamagedStage(f"{self.manifest_path} is damaged (not a manifest duchkit "
+                               "wrote); rerun the pipeline to recompute the stage")
+        return manifest
 
     def is_complete(self) -> bool:
-        return self.manifest_path.exists()
+        """A manifest that can be read: a damaged one counts as incomplete, so a rerun repairs
+        the stage instead of trusting it."""
+        try:
+            self.manifest()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def damaged_shards(self, fp: str) -> list[str]:
+        """The shards of a complete stage whose file is missing or no longer has the checksum
+        its status recorded (for stages whose shards have no input shard: the records)."""
+        return [s["file"] for i, s in enumerate(self.manifest()["shards"])
+                if self.completed(i, fp, None) is None]
 
     def shard_paths(self) -> list[Path]:
         return [self.root / s["file"] for s in self.manifest()["shards"]]

@@ -27,7 +27,15 @@ def cell_train_config(cell: Cell, seed: int, device: str):
 
 
 def run_study(study: Study, progress: bool = True, say=print) -> dict[str, Any]:
-    """Compute the shared stages once, then every missing cell x seed; write the report."""
+    """Compute the shared stages once, then every missing cell x seed; write the report. One
+    writer per output folder."""
+    from duchkit.pipelines.folder_lock import folder_lock
+
+    with folder_lock(study.pipeline.run.out, f"duchkit study {study.name}"):
+        return _run_study(study, progress, say)
+
+
+def _run_study(study: Study, progress: bool, say) -> dict[str, Any]:
     from duchkit.pipelines.training import train_run
     from duchkit.pipelines.runner import resolve_device, run_pipeline, setup_logging
     from duchkit.pipelines.training_data import load_archive

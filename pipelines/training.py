@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from duchkit.pipelines.evaluation import evaluate_run
+from duchkit.pipelines.folder_lock import folder_lock
 from duchkit.pipelines.run_folder import CHECKPOINT, CODES, RUN_JSON, codes_table
 from duchkit.pipelines.stage import ConfigError
 
@@ -19,11 +20,16 @@ log = logging.getLogger("duchkit")
 
 def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
     """Train on an archive, write the run folder (checkpoint, run.json, codes/, metrics) and
-    return the standard evaluation. Shared by `duchkit train` and `duchkit study`."""
+    return the standard evaluation. Shared by `duchkit train` and `duchkit study`; one writer
+    per run folder."""
+    with folder_lock(out, "duchkit train"):
+        return _train_run(archive, cfg, Path(out), resume, say)
+
+
+def _train_run(archive, cfg, out: Path, resume: bool, say) -> dict:
     from duchkit.hashing.checkpoint import checkpoint_record
     from duchkit.hashing.train import train
-    from duchkit.pipelines.store import write_stage_folder
-    from duchkit.pipelines.store import atomic_write_json
+    from duchkit.pipelines.store import atomic_write_json, write_stage_folder
 
     ck = out / CHECKPOINT
     if ck.exists() and not resume:

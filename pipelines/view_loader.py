@@ -80,6 +80,7 @@ def loader_context():
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([
+        "duchkit.pipelines.forkserver_guard",  # first: the server ends with the run
         "albumentations",  # the pixel ops import it (and torch) on first use
         "duchkit.augment.image_ops", "duchkit.augment.view_spec",
         "duchkit.pipelines.stages.augment_images", "duchkit.pipelines.view_loader",
@@ -90,6 +91,9 @@ def loader_context():
 def _worker_init(_: int) -> None:
     import cv2
 
+    from duchkit.pipelines.worker_guard import die_with_parent
+
+    die_with_parent()
     cv2.setNumThreads(1)  # one decoding process per core; no nested thread pools
 
 

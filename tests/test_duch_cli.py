@@ -74,7 +74,7 @@ def test_train_then_evaluate(stages, tmp_path, capsys):
         assert ir["results"][task]["map"] <= auth["results"][task]["map"] + 1e-9
         assert ir["results"][task]["map"] <= m["results"][task]["map"] + 1e-9
     assert main(["evaluate", "--run", str(run), "--relevance", "pair", "--k", "5"]) == 0
-    pair = json.loads((run / "metrics-standard-pair.json").read_text())
+    pair = json.loads((run / "metrics-standard-pair-k5.json").read_text())  # k names the file
     assert pair["results"]["i2t"]["map"] < m["results"]["i2t"]["map"]  # 5 of 600 relevant
     # scored as published figures are: one caption per image, the one-caption protocol's draw
     assert main(["evaluate", "--run", str(run), "--captions", "one"]) == 0

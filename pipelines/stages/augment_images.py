@@ -38,8 +38,11 @@ class BadImage(ValueError):
     """An image cannot be used; the message names the file and the reason."""
 
 
-def read_image(path: str | None, image_id: str, min_side: int):
-    """Read + fully decode one image file, naming it in every failure."""
+def read_image(path: str | None, image_id: str, min_side: int,
+               max_pixels: int | None = None):
+    """Read + fully decode one image file, naming it in every failure. No pixel limit by
+    default: the records' images passed the dataset's limit at validation; a query image from
+    outside an archive passes one."""
     if not path:
         raise BadImage(f"image {image_id!r}: no image_path in the records")
     try:
@@ -47,7 +50,7 @@ def read_image(path: str | None, image_id: str, min_side: int):
     except OSError as exc:
         raise BadImage(f"image {image_id!r}: cannot read {path} ({exc.strerror or exc})") from exc
     try:
-        return decode_rgb(data, path, min_side)
+        return decode_rgb(data, path, min_side, max_pixels)
     except ImageDecodeError as exc:
         raise BadImage(f"image {image_id!r}: {exc}") from exc
 
