@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from duchkit.pipelines.store import MANIFEST, SHARD_GLOB, StageStore
+from duchkit.pipelines.store import MANIFEST, SHARD_GLOB, STATUS_DIR, StageStore
 
 
 def _stage_dirs(root: Path) -> list[Path]:
@@ -28,8 +28,15 @@ def describe(root: Path) -> str:
         store = StageStore(d)
         shards = sorted(d.glob(SHARD_GLOB))
         if not store.is_complete():
-            lines.append(f"{d.name}: INCOMPLETE ({len(shards)} shard file(s), no manifest: "
-                         "rerun to resume)")
+            if not (d / STATUS_DIR).is_dir():  # Parquet another tool wrote, or a stray copy
+                if d == root:
+                    raise FileNotFoundError(f"{d} is not a duchkit stage (no {MANIFEST}, no "
+                                            f"{STATUS_DIR}/): {len(shards)} Parquet file(s)")
+                lines.append(f"{d.name}: not a duchkit stage ({len(shards)} Parquet file(s), no "
+                             f"{MANIFEST}, no {STATUS_DIR}/)")
+            else:
+                lines.append(f"{d.name}: INCOMPLETE ({len(shards)} shard file(s), no readable "
+                             "manifest: rerun the pipeline to resume)")
             continue
         m = store.manifest()
         rate = f", {m['rows_per_s']} rows/s" if m.get("rows_per_s") else ""

@@ -245,6 +245,14 @@ class TextEncoder:
         self.model = self.model.to(device)
         return self
 
+    def over_length(self, texts: Sequence[str]) -> np.ndarray:
+        """Which texts have more tokens than `max_length`: `encode` keeps only the first
+        max_length of them, so their tails do not reach the embedding."""
+        if not texts:
+            return np.zeros(0, bool)
+        ids = self.tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+        return np.fromiter((len(i) > self.max_length for i in ids), bool, len(ids))
+
     def encode(self, texts: Sequence[str], device: str = "cpu", batch_size: int = 256,
                precision: str = "auto") -> np.ndarray:
         """Embed texts; batches are formed from length-sorted texts so padding stays small

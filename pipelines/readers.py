@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,10 @@ class ReadResult:
 def _caption_problem(text: Any) -> str | None:
     if not isinstance(text, str):
         return f"non-text caption: {type(text).__name__} {text!r}"[:120]
-    if not text.strip():
-        return "empty caption"
+    # control and format characters (NUL, BEL, zero-width space) are not text
+    if not "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip():
+        return "empty caption" if not text.strip() else \
+            f"empty caption: only control characters {text!r}"[:120]
     return None
 
 

@@ -4,7 +4,7 @@ previous stage's shards, skipping what is already complete.
 Resume rule: output shard i of a stage is reused when its status file carries the same stage
 fingerprint (kind, parameters, models, seed, stage version) and the same input-shard checksum,
 and the shard on disk still has the recorded checksum. Anything else is recomputed, so a changed
-parameter or a changed input invalidates exactly what depends on it.
+parameter recomputes the stage, and a changed input recomputes exactly the shards it reaches.
 """
 from __future__ import annotations
 
@@ -133,10 +133,12 @@ def ingest(spec: DatasetSpec, out: Path, shard_rows: int, lenient: bool,
 
 # ---------------------------------------------------------------- map stages
 
-def stage_fingerprint(entry: StageEntry, seed: int, input_fp: str) -> str:
+def stage_fingerprint(entry: StageEntry, seed: int) -> str:
+    """What a stage's output depends on besides its input shard: kind, version, parameters,
+    models and seed. The input is fingerprinted per shard (its checksum, in each status file),
+    so an edited caption recomputes the shards it reaches and no others."""
     st = entry.stage
-    return fingerprint(st.kind, getattr(st, "version", 1), st.params(), st.models(), seed,
-                       input_fp)
+    return fingerprint(st.kind, getattr(st, "version", 1), st.params(), st.models(), seed)
 
 
 def _tasks(entry: StageEntry, input_store: StageStore, store: StageStore, fp: str
@@ -158,7 +160,7 @@ def plan_stage(entry: StageEntry, out: Path, seed: int) -> StagePlan:
     if not input_store.is_complete():
         return StagePlan(entry.name, "new", 0, 0)
     in_manifest = input_store.manifest()
-    fp = stage_fingerprint(entry, seed, in_manifest["fingerprint"])
+    fp = stage_fingerprint(entry, seed)
     todo, done = _tasks(entry, input_store, store, fp)
     total = len(in_manifest["shards"])
     if store.is_complete() and not todo and store.manifest().get("fingerprint") == fp:
@@ -175,12 +177,12 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     in_manifest = input_store.manifest()
     input_schema = input_store.schema()
     entry.stage.check_input(input_schema, f"stage '{entry.input}'")
-    fp = stage_fingerprint(entry, ctx.seed, in_manifest["fingerprint"])
+    fp = stage_fingerprint(entry, ctx.seed)
     schema = with_stage_metadata(entry.stage.output_schema(input_schema), entry.name,
                                  entry.stage.params(), entry.stage.models())
     store.prepare()
     if store.is_complete() and store.manifest().get("fingerprint") != fp:
-        log.info("%s: parameters or input changed, recomputing", entry.name)
+        log.info("%s: parameters, models or seed changed, recomputing", entry.name)
         store.clear()
     store.manifest_path.unlink(missing_ok=True)  # incomplete until this run finishes
     store.drop_shards_from(len(in_manifest["shards"]))

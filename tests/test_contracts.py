@@ -123,12 +123,12 @@ def test_stage_keeps_its_contract(full_run, kind):
     # params round-trip, and a changed parameter changes the fingerprint
     again = stage_class(kind).from_config(entry.stage.params(), "round-trip")
     assert again.params() == entry.stage.params()
-    fp = stage_fingerprint(entry, config.run.seed, "input")
+    fp = stage_fingerprint(entry, config.run.seed)
     change = STAGES[kind][3]
     changed = dataclasses.replace(entry, stage=stage_class(kind).from_config(
         {**entry.stage.params(), **change}, "changed"))
-    assert stage_fingerprint(changed, config.run.seed, "input") != fp
-    assert stage_fingerprint(entry, config.run.seed + 1, "input") != fp
+    assert stage_fingerprint(changed, config.run.seed) != fp
+    assert stage_fingerprint(entry, config.run.seed + 1) != fp
 
 
 # ---------------------------------------------------------------- studies

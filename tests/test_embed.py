@@ -151,6 +151,22 @@ def test_tiny_bert_dir_pooling_respects_the_mask(tiny_bert):
     np.testing.assert_allclose(mean, res.last_hidden_state[0, :n].mean(0).numpy(), atol=1e-5)
 
 
+def test_captions_over_max_length_are_counted_not_cut_silently(tiny_bert, caplog):
+    import pyarrow as pa
+
+    from duchkit.pipelines.stage import StageContext
+    from duchkit.pipelines.stages.embed import TRUNCATED
+
+    stage = EmbedTexts.from_config({"model": str(tiny_bert), "max_length": 6}, "cfg")
+    table = pa.table({"caption": ["a plane", "many storage tanks are near the road and two "
+                                  "green trees", "two planes"]})
+    with caplog.at_level("WARNING", logger="duchkit"):
+        out = stage.process(table, StageContext())
+    assert out.column(TRUNCATED).to_pylist() == [False, True, False]
+    assert "1 caption(s) longer than max_length 6" in caplog.text
+    assert out.schema.names == stage.output_schema(table.schema).names
+
+
 def test_minilm_real_embeddings(minilm):
     texts = ["many planes are parked at the airport", "several airplanes parked at an airport",
              "a river runs through the green forest"]

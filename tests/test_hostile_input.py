@@ -266,3 +266,70 @@ def test_train_refuses_bad_numbers_before_any_work(tmp_path, capsys, option, val
                  "--out", str(out), option, value, "--device", "cpu", "--quiet"]) == 2
     one_line_error(capsys, "bad training config")
     assert not out.exists()
+
+
+def test_editing_one_caption_recomputes_only_the_shards_it_reaches(archive, tmp_path):
+    cfg = config(archive)
+    cfg.write_text(cfg.read_text() + '\n[[stages]]\nname = "images"\nkind = "augment-images"\n'
+                   'input = "records"\n')
+    out = tmp_path / "out"
+    run(cfg, out)
+    path = archive / "captions.json"
+    data = json.loads(path.read_text())
+    data["images"][4]["sentences"][0]["raw"] = "A freshly edited caption of this image ."
+    path.write_text(json.dumps(data))
+    m = {name: json.loads((out / name / "_manifest.json").read_text())
+         for name in ("captions", "images")}
+    assert run(cfg, out) == 0
+    after = {name: json.loads((out / name / "_manifest.json").read_text())
+             for name in ("captions", "images")}
+    # row 20..29 is image 4's shard (10 rows a shard): one caption shard recomputed, and the
+    # image views of that shard are the same bytes again
+    assert after["captions"]["shards_computed"] == 1 and after["captions"]["shards_reused"] == 2
+    assert after["images"]["shards_computed"] == 1
+    assert [s["sha256"] for s in after["images"]["shards"]] == \
+        [s["sha256"] for s in m["images"]["shards"]]
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_resumes(archive, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import duchkit.pipelines.store as store
+
+    real = store.write_table
+    calls = {"n": 0}
+
+    def fill_up(path, table):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, table)
+
+    monkeypatch.setattr(store, "write_table", fill_up)
+    out = tmp_path / "out"
+    assert run(config(archive), out) == 2
+    one_line_error(capsys, "cannot write", "No space left on device", str(out))
+    assert not list(out.rglob(".*.tmp-*"))
+    monkeypatch.setattr(store, "write_table", real)
+    assert run(config(archive), out) == 0
+    assert StageStore(out / "captions").read_all().num_rows == 30
+
+
+def test_a_caption_of_control_characters_is_not_text(archive, tmp_path, capsys):
+    path = archive / "captions.json"
+    data = json.loads(path.read_text())
+    data["images"][0]["sentences"][0]["raw"] = "\x00\x07\u200b\t"
+    path.write_text(json.dumps(data))
+    assert run(config(archive), tmp_path / "out") == 2
+    one_line_error(capsys, "sentences[0]", "empty caption")
+
+
+def test_inspect_names_a_foreign_parquet_folder(tmp_path, capsys):
+    import pyarrow as pa
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    pq.write_table(pa.table({"a": [1, 2]}), foreign / "part-00000.parquet")  # another writer
+    assert main(["inspect", str(foreign)]) == 2
+    err = one_line_error(capsys, "not a duchkit stage")
+    assert "rerun" not in err and "INCOMPLETE" not in err

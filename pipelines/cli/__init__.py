@@ -16,6 +16,7 @@ transformers, so `duchkit --help` is instant.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from duchkit.pipelines.cli import (augment_images, augment_text, embed, evaluate, export,
@@ -26,6 +27,8 @@ from duchkit.pipelines.stage import ConfigError
 from duchkit.pipelines.version import __version__
 
 EXIT_USAGE = 2
+ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                      errno.ENOTDIR, errno.EISDIR}
 COMMANDS = (run, inspect_folder, export, augment_text, augment_images, embed, study, train,
             evaluate, search)
 
@@ -50,4 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, DatasetError, FileNotFoundError, EngineUnavailable) as exc:
         print(f"duchkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRORS:
+            raise
+        # a full disk, a read-only or foreign folder: the file and the reason, no traceback;
+        # what was written is complete shards only, and a rerun resumes from them
+        where = exc.filename or "the output folder"
+        print(f"duchkit {args.command}: error: cannot write {where}: "
+              f"{exc.strerror or errno.errorcode.get(exc.errno, exc.errno)}", file=sys.stderr)
         return EXIT_USAGE

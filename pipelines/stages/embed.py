@@ -164,6 +164,9 @@ class EmbedImages(_ModelStage):
 
 # ---------------------------------------------------------------- texts
 
+TRUNCATED = "text_truncated"
+
+
 @dataclass
 class EmbedTexts(_ModelStage):
     kind: ClassVar[str] = "embed-texts"
@@ -207,7 +210,8 @@ class EmbedTexts(_ModelStage):
         schema = schema.append(self._field(CAPTION_EMBEDDING))
         if "augmented" in input_schema.names:
             schema = schema.append(self._field(AUGMENTED_EMBEDDING))
-        return schema
+        # True where the caption (or its variant) had more tokens than max_length and was cut
+        return schema.append(pa.field(TRUNCATED, pa.bool_(), nullable=False))
 
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
         enc = self.encoder()
@@ -218,11 +222,27 @@ class EmbedTexts(_ModelStage):
                  for c in columns}
         unique = list(dict.fromkeys(t for c in columns for t in texts[c]))  # encode once each
         vectors = enc.encode(unique, ctx.device, self.batch_size, self.precision)
+        long = enc.over_length(unique)
         index = {t: i for i, t in enumerate(unique)}
-        keep = [n for n in table.column_names if n not in (CAPTION_EMBEDDING, AUGMENTED_EMBEDDING)]
+        keep = [n for n in table.column_names
+                if n not in (CAPTION_EMBEDDING, AUGMENTED_EMBEDDING, TRUNCATED)]
         out = table.select(keep)
+        cut = np.zeros(table.num_rows, bool)
         for c, name in (("caption", CAPTION_EMBEDDING), ("augmented", AUGMENTED_EMBEDDING)):
             if c in texts:
                 rows = np.fromiter((index[t] for t in texts[c]), np.int64, len(texts[c]))
                 out = out.append_column(name, fixed_size_list(vectors[rows]))
-        return out
+                cut |= long[rows]
+        if cut.any():
+            ctx.log.warning("embed-texts: %d caption(s) longer than max_length %d tokens were "
+                            "cut (column %s)", int(cut.sum()), self.max_length, TRUNCATED)
+        return out.append_column(TRUNCATED, pa.array(cut, pa.bool_()))
+
+    def summarise(self, shard_paths) -> dict:
+        """How many rows had a caption cut at max_length, for the manifest."""
+        import pyarrow.parquet as pq
+
+        cut = sum(int(np.count_nonzero(pq.read_table(p, columns=[TRUNCATED]).column(0)
+                                       .to_numpy(zero_copy_only=False)))
+                  for p in shard_paths)
+        return {"truncated_to_max_length": cut}
