@@ -12,6 +12,14 @@ INPUT_NORMS = ("l2", "none")  # how the hashing networks scale their input (hash
 # the hashing literature's), "ir" (1 / min(K, R)), "authors" (the authors' variant)
 MAP_VARIANTS = ("standard", "ir", "authors")
 
+NOISE_MODES = ("cross-class", "shuffle")
+# How much each training pair's inter-modal term counts (hashing.robust): none = every pair 1;
+# chnr = a noise detector meta-trained on a clean subset (CHNR); gmm = label-free, a two-component
+# mixture over the per-pair code disagreement each epoch; oracle = the true clean mask (a bound);
+# ptc = pre-trained on the clean subset, then every pair 1 (CHNR's own baseline)
+ROBUST_MODES = ("none", "chnr", "gmm", "oracle", "ptc")
+WEIGHT_MODES = ("normal", "exp", "discrete")
+
 # Table III: each ablation is a set of weight overrides.
 ABLATIONS = {
     "DUCH": {},
@@ -71,6 +79,18 @@ class TrainConfig:
     # rule. A validation slice is small (105 UCM images), so late-epoch differences are mostly
     # noise, and the plain best epoch (selection_se = 0) can be a blip half-way through training.
     selection_se: float = 1.0
+    # wrong captions (hashing.noise): replace the captions of exactly round(rate x N) training
+    # images (validation slice included: it stays as noisy as the archive); for experiments
+    noise_rate: float = 0.0
+    noise_mode: str = "cross-class"  # cross-class needs labels; shuffle does not
+    # robustness to wrong captions (hashing.robust)
+    robust: str = "none"
+    clean_fraction: float = 0.3  # chnr: share of training images trusted as clean (phase 1)
+    meta_epochs: int = 75  # chnr: phase 1 epochs (detector + hashing on the clean subset)
+    weight_mode: str = "exp"  # chnr: w, w^3, or 1[w > t]
+    detector_lr: float = 1e-4  # chnr: the detector's AdamW learning rate (CHNR's)
+    detector_gp: float = 10.0  # chnr: weight of the detector's gradient penalty (CHNR's)
+    gmm_warmup: int = 5  # gmm: epochs with every weight 1 before the mixture is fitted
     # execution
     device: str = "cpu"
     compile: bool = False
@@ -109,6 +129,25 @@ class TrainConfig:
             problems.append(f"lr_decay={self.lr_decay} (a factor in (0, 1])")
         if min(self.weight_decay, self.disc_weight_decay) < 0:
             problems.append("weight decays must be >= 0")
+        if not 0 <= self.noise_rate < 1:
+            problems.append(f"noise_rate={self.noise_rate} (a share of the training images in "
+                            "[0, 1))")
+        if self.noise_mode not in NOISE_MODES:
+            problems.append(f"noise_mode={self.noise_mode!r} (one of {NOISE_MODES})")
+        if self.robust not in ROBUST_MODES:
+            problems.append(f"robust={self.robust!r} (one of {ROBUST_MODES})")
+        if self.weight_mode not in WEIGHT_MODES:
+            problems.append(f"weight_mode={self.weight_mode!r} (one of {WEIGHT_MODES})")
+        if not 0 < self.clean_fraction < 1:
+            problems.append(f"clean_fraction={self.clean_fraction} (a share in (0, 1))")
+        elif self.robust in ("chnr", "ptc") and self.clean_fraction > 1 - self.noise_rate:
+            problems.append(f"clean_fraction={self.clean_fraction} with noise_rate="
+                            f"{self.noise_rate}: the clean subset is drawn from the images the "
+                            "noise left clean, so clean_fraction <= 1 - noise_rate")
+        if not self.detector_lr > 0 or self.detector_gp < 0:
+            problems.append("detector_lr must be > 0 and detector_gp >= 0")
+        if self.meta_epochs < 1 or self.gmm_warmup < 0:
+            problems.append("meta_epochs must be >= 1 and gmm_warmup >= 0")
         if self.reduction not in REDUCTIONS:
             problems.append(f"reduction={self.reduction!r} (one of {REDUCTIONS})")
         if self.input_norm not in INPUT_NORMS:

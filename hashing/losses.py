@@ -23,7 +23,7 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float = 1.0,
-            reduction: str = "mean") -> torch.Tensor:
+            reduction: str = "mean", weights: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised temperature-scaled cross-entropy between paired rows of `a` and `b` (eq. 1-3).
 
     For each of the 2M anchors (every row of a and of b) the positive is its partner in the other
@@ -31,6 +31,8 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float = 1.0,
     S(u, v) = exp(cos(u, v) / tau), anchor j of `a` costs
         -log S(a_j, b_j) / (sum_{k != j} S(a_j, a_k) + sum_k S(a_j, b_k)),
     computed as a cross-entropy over logits cos / tau, so it is exact for any tau > 0.
+    `weights` [M] scale both anchor terms of pair j (hashing.robust: a pair judged wrong weighs
+    less); the pair's rows stay negatives for the other anchors.
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0 (got {tau})")
@@ -39,7 +41,10 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float = 1.0,
     logits = (z @ z.T) / tau
     logits = logits.masked_fill(torch.eye(2 * m, dtype=torch.bool, device=a.device), float("-inf"))
     target = torch.cat([torch.arange(m, 2 * m), torch.arange(0, m)]).to(a.device)
-    return reduce(F.cross_entropy(logits, target, reduction="none"), reduction)
+    per_anchor = F.cross_entropy(logits, target, reduction="none")
+    if weights is not None:
+        per_anchor = per_anchor * torch.cat([weights, weights])
+    return reduce(per_anchor, reduction)
 
 
 def discriminator_loss(d_text: torch.Tensor, d_image: torch.Tensor,
@@ -92,13 +97,16 @@ class LossWeights:
 
 
 def hashing_losses(h_img, h_img_aug, h_txt, h_txt_aug, b_target, d_image_logits,
-                   w: LossWeights) -> dict[str, torch.Tensor]:
+                   w: LossWeights, pair_weights: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
     """All terms of eq. 9 the hashing networks minimise, unweighted, plus the weighted total.
 
     A term whose weight is zero is not computed at all (so an ablation costs nothing and cannot
-    leak gradient)."""
+    leak gradient). `pair_weights` [M] weigh each pair's inter-modal term (hashing.robust); the
+    intra-modal terms compare an item with its own augmentation, which a wrong caption does not
+    make wrong, so they stay unweighted."""
     zero = h_img.new_zeros(())
-    terms = {"inter": nt_xent(h_img, h_txt, w.tau, w.reduction)}
+    terms = {"inter": nt_xent(h_img, h_txt, w.tau, w.reduction, pair_weights)}
     terms["intra_image"] = (nt_xent(h_img, h_img_aug, w.tau, w.reduction)
                             if w.lambda_image else zero)
     terms["intra_text"] = (nt_xent(h_txt, h_txt_aug, w.tau, w.reduction)

@@ -29,6 +29,9 @@ from duchkit.hashing.config import ABLATIONS, TrainConfig  # noqa: F401  (re-exp
 from duchkit.hashing.losses import binary_target, discriminator_loss, hashing_losses
 from duchkit.hashing.metrics import map_at_k_torch
 from duchkit.hashing.model import DUCH
+from duchkit.hashing.noise import inject_noise
+from duchkit.hashing.robust import Robustness
+
 
 @dataclass
 class TrainResult:
@@ -39,6 +42,8 @@ class TrainResult:
     best_val_map: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    noise_mask: np.ndarray | None = None  # [N] True = captions replaced (injected noise)
+    pair_weights: np.ndarray | None = None  # [train] the final weight of each training pair
 
 
 def seed_everything(seed: int) -> None:
@@ -93,6 +98,9 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     """Train DUCH on the train split of `feats`; returns the validation-selected model (the
     latest epoch within `cfg.selection_se` standard errors of the best validation mAP).
 
+    With `cfg.noise_rate`, wrong captions are injected into the training images first
+    (hashing.noise); with `cfg.robust`, each pair's inter-modal term is weighed by how much it
+    is trusted (hashing.robust; chnr adds `cfg.meta_epochs` of phase 1 before the main epochs).
     `run_dir` receives `checkpoint.pt` every `checkpoint_every` epochs; `resume` continues from
     it. `stop_after` ends the run after that many epochs (an interruption, for tests)."""
     cfg.validate()
@@ -108,6 +116,9 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                          f"{cfg.batch_size}: lower the batch size or use a larger archive")
     if len(splits["val"]) == 0:
         raise ValueError("the validation slice is empty: raise val_of_train or use more images")
+    # wrong captions on purpose: the train part, validation slice included, as noisy as asked
+    feats, noise_mask = inject_noise(feats, np.concatenate([splits["train"], splits["val"]]),
+                                     cfg.noise_rate, cfg.noise_mode, cfg.seed)
 
     # ---- data on the device, once
     tr = torch.as_tensor(splits["train"])
@@ -146,6 +157,10 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     B = torch.randint(0, 2, (n, cfg.bits), generator=gen, device=device).float() * 2 - 1
     H = torch.zeros(4, n, cfg.bits, device=device)  # image, image_aug, text, text_aug
     w = cfg.weights()
+
+    # ---- robustness to wrong captions: a weight per training pair (hashing.robust)
+    robust = Robustness(cfg, feats, noise_mask[splits["train"]], x, n, device, log)
+    total_epochs = robust.meta_epochs + cfg.epochs
     # selection: (top_map, top_se) is the best validation mAP so far and its standard error;
     # (best_epoch, best_map, best_state) the epoch kept, the latest within selection_se of it
     start_epoch, best_epoch, best_map, best_state, history = 0, -1, -1.0, None, []
@@ -163,6 +178,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         B.copy_(ck["B"]), H.copy_(ck["H"])
         gen.set_state(ck["gen"].to(gen.get_state().device))
         set_rng_states(ck["rng"])
+        robust.load_state_dict(ck.get("robust") or {})
         start_epoch, best_epoch, best_map = ck["epoch"] + 1, ck["best_epoch"], ck["best_map"]
         best_state, history = ck["best_state"], ck["history"]
         top_map, top_se = ck.get("top_map", best_map), ck.get("top_se", 0.0)
@@ -177,14 +193,20 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     if cfg.amp and device.type == "cpu" and not cpu_has_bf16():
         log("warning: this CPU has no bf16 units; --amp emulates bf16 and is likely slower")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, total_epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        lr_scale = cfg.lr_decay ** (epoch // cfg.lr_decay_every)  # first decay at epoch 50
+        meta = epoch < robust.meta_epochs  # chnr's phase 1: the clean subset only
+        if epoch == robust.meta_epochs and not robust.scored:
+            robust.score_pairs(t)  # the frozen detector weighs every pair, once
+        phase_epoch = epoch if meta else epoch - robust.meta_epochs
+        lr_scale = cfg.lr_decay ** (phase_epoch // cfg.lr_decay_every)  # first decay at 50
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_scale
         model.train()
-        perm = torch.randperm(n, generator=gen, device=device)
+        rows = robust.clean_rows if meta else None
+        order = torch.randperm(n if rows is None else len(rows), generator=gen, device=device)
+        perm = order if rows is None else rows[order]
         caption = torch.randint(0, n_caps, (n,), generator=gen, device=device)
         view = torch.randint(0, n_views, (n,), generator=gen, device=device)
         sums = torch.zeros(7, device=device)
@@ -195,6 +217,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                 h_img, h_img_aug = image_net(torch.cat([x[idx], x_aug[idx, view[idx]]])).float().chunk(2)
                 h_txt, h_txt_aug = text_net(torch.cat([t[idx, caption[idx]],
                                                        t_aug[idx, caption[idx]]])).float().chunk(2)
+            if meta:
+                robust.detector_step(idx, x, x_aug, t, view, caption, trn_labels, gen)
             d_image = None
             if w.alpha:  # discriminator step: text codes real, image codes fake (eq. 5)
                 opt_d.zero_grad(set_to_none=True)
@@ -204,7 +228,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                 d_loss.backward()
                 opt_d.step()
                 d_image = disc(torch.cat([h_img, h_img_aug]))  # graph reaches the image net
-            terms = hashing_losses(h_img, h_img_aug, h_txt, h_txt_aug, B[idx], d_image, w)
+            terms = hashing_losses(h_img, h_img_aug, h_txt, h_txt_aug, B[idx], d_image, w,
+                                   None if meta else robust.batch_weights(idx))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
@@ -214,11 +239,14 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                                  ("total", "inter", "intra_image", "intra_text", "adversarial",
                                   "quantisation", "bit_balance")])
         B = binary_target(H[0], H[1], H[2], H[3])  # eq. 8, once per epoch over the whole set
+        if not meta:
+            robust.end_of_epoch(phase_epoch, H[0], H[2])  # gmm: refit on this epoch's codes
 
         row = dict(zip(("total", "inter", "intra_image", "intra_text", "adversarial",
                         "quantisation", "bit_balance"), sums.tolist()))
         row.update(epoch=epoch + 1, lr=cfg.lr * lr_scale)
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        row.update(robust.diagnostics(meta))
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
             val, se = validation_map(model, val_query, val_database, cfg.map_k).tolist()
             row["val_map"], row["val_se"] = val, se
             if val > top_map:  # selection on the validation slice only
@@ -230,20 +258,21 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(row)
         log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
-        if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+        if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == total_epochs):
             save_checkpoint(ckpt_path, {
                 "shape": model.shape(), "config": cfg.to_json(), "epoch": epoch,
                 "model": model.state_dict(), "opt": opt.state_dict(),
                 "opt_d": opt_d.state_dict(), "B": B, "H": H, "gen": gen.get_state(),
                 "rng": rng_states(), "best_epoch": best_epoch, "best_map": best_map,
                 "best_state": best_state, "history": history, "top_map": top_map,
-                "top_se": top_se, "splits": {k: v.tolist() for k, v in splits.items()}})
+                "top_se": top_se, "splits": {k: v.tolist() for k, v in splits.items()},
+                "robust": robust.state_dict()})
 
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, cfg, splits, best_epoch, best_map, history,
-                       time.perf_counter() - t_start)
+                       time.perf_counter() - t_start, noise_mask, robust.final_weights())
 
 
 def cpu_has_bf16() -> bool:

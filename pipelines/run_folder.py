@@ -7,6 +7,8 @@
     RUN/codes/          a stage folder: one row per image and per caption coded, with its split
                         and its packed code
     RUN/metrics*.json, metrics*.md, pk_curve*.png   evaluations (metrics.json: the run's own)
+    RUN/noise_mask.parquet    with --noise-rate: the training images whose captions were replaced
+    RUN/pair_weights.parquet  with --robust: each training pair's final weight (weights.png)
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from duchkit.pipelines.schema import fixed_size_list
 from duchkit.pipelines.stage import ConfigError
 
 CODES = "codes"
+NOISE_MASK = "noise_mask.parquet"      # injected wrong captions: image_id, noisy
+PAIR_WEIGHTS = "pair_weights.parquet"  # robust runs: each training pair's final weight
 
 
 def read_run_info(run: Path) -> dict | None:

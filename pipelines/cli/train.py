@@ -17,7 +17,8 @@ from duchkit.pipelines.stage import ConfigError
 
 
 def register(sub) -> None:
-    from duchkit.hashing.config import ABLATIONS, INPUT_NORMS, TrainConfig
+    from duchkit.hashing.config import (ABLATIONS, INPUT_NORMS, NOISE_MODES, ROBUST_MODES,
+                                        WEIGHT_MODES, TrainConfig)
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train DUCH from embedding shards")
@@ -63,6 +64,28 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast of the networks in training (CUDA, or a CPU with bf16 units)")
+    g = p.add_argument_group("wrong captions (noise) and robust training")
+    g.add_argument("--noise-rate", type=float, default=d.noise_rate,
+                   help="replace the captions of exactly round(rate x N) training images "
+                   "(an experiment; query and retrieval stay clean)")
+    g.add_argument("--noise-mode", choices=NOISE_MODES, default=d.noise_mode,
+                   help="cross-class: captions of an image of another class (needs labels); "
+                   "shuffle: captions permuted among the chosen images (no labels)")
+    g.add_argument("--robust", choices=ROBUST_MODES, default=d.robust,
+                   help="weigh each pair's inter-modal term by trust: chnr (a noise detector "
+                   "meta-trained on a clean subset), gmm (label-free), oracle (the true mask)")
+    g.add_argument("--clean-fraction", type=float, default=d.clean_fraction,
+                   help="chnr: share of training images trusted as clean in phase 1")
+    g.add_argument("--weight-mode", choices=WEIGHT_MODES, default=d.weight_mode,
+                   help="chnr: normal w, exp w^3, discrete 1[w > t]")
+    g.add_argument("--detector-lr", type=float, default=d.detector_lr,
+                   help="chnr: the noise detector's learning rate (CHNR's 1e-4)")
+    g.add_argument("--detector-gp", type=float, default=d.detector_gp,
+                   help="chnr: weight of the detector's gradient penalty (CHNR's 10; 0 = none)")
+    g.add_argument("--meta-epochs", type=int, default=d.meta_epochs,
+                   help="chnr: phase 1 epochs before the --epochs of phase 2")
+    g.add_argument("--gmm-warmup", type=int, default=d.gmm_warmup,
+                   help="gmm: epochs with every weight 1 before the mixture is fitted")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -83,7 +106,12 @@ def train_config(args: argparse.Namespace):
                       weights_ref_bits=args.weights_ref_bits, weight_decay=args.weight_decay,
                       captions_per_image=args.captions_per_image, eval_every=args.eval_every,
                       map_k=args.k, compile=args.compile, amp=args.amp,
-                      checkpoint_every=args.checkpoint_every, selection_se=args.selection_se)
+                      checkpoint_every=args.checkpoint_every, selection_se=args.selection_se,
+                      noise_rate=args.noise_rate, noise_mode=args.noise_mode,
+                      robust=args.robust, clean_fraction=args.clean_fraction,
+                      weight_mode=args.weight_mode, meta_epochs=args.meta_epochs,
+                      detector_lr=args.detector_lr, detector_gp=args.detector_gp,
+                      gmm_warmup=args.gmm_warmup)
     cfg = cfg.with_ablation(args.ablation)
     try:
         return cfg.validate()
