@@ -26,8 +26,17 @@ class ImageAugParams:
         ColorJitter(self.jitter_strength)  # validates
 
 
+def _clean_view(p: ImageAugParams) -> Compose:
+    """View 0 of every image: the centre crop, no augmentation."""
+    return Compose("CenterCrop", [CenterCrop(p.crop)], p.crop)
+
+
 def _no_augmentation(p: ImageAugParams) -> Compose:
-    return Compose("NoAugmentation", [CenterCrop(p.crop)], p.crop)
+    """The paper's "only center cropping ... to produce different views": the whole image,
+    uncropped, is the second view beside the centre crop of view 0 (as the authors' code pairs
+    the image resized to the encoder input with its centre crop). A second centre crop would
+    make the image intra-modal term compare identical embeddings."""
+    return Compose("NoAugmentation", [], p.crop)
 
 
 def _augmented_center_crop(p: ImageAugParams) -> Compose:
@@ -63,12 +72,13 @@ SETUPS: dict[str, Callable[[ImageAugParams], Compose]] = {
     "BlurOnly": _blur_only,
     "RotationOnly": _rotation_only,
     "JitterOnly": _jitter_only,
+    "CenterCrop": _clean_view,
     "NoAugmentation": _no_augmentation,
     "AugmentedCenterCrop": _augmented_center_crop,
     "AugmentedRandomCrop": _augmented_random_crop,
     "RandomAugmentation": _random_augmentation,
 }
-CLEAN_SETUP = "NoAugmentation"  # view 0 of every image
+CLEAN_SETUP = "CenterCrop"  # view 0 of every image
 
 
 def build_setup(name: str, params: ImageAugParams | None = None) -> Compose:

@@ -19,7 +19,7 @@ class Features:
     image: torch.Tensor  # [N, di]   clean view (view 0)
     image_aug: torch.Tensor  # [N, V, di]  augmented views 1..V
     text: torch.Tensor  # [N, C, dt]  the C captions of each image
-    text_aug: torch.Tensor  # [N, C, dt]  an augmented version of each caption
+    text_aug: torch.Tensor  # [N, C, dt] or [N, C, A, dt]: A augmented variants of each caption
     labels: torch.Tensor  # [N] int64 class ids, -1 = unknown
 
     def __post_init__(self):
@@ -38,9 +38,12 @@ class Features:
         if self.image_aug.shape[2] != self.image.shape[1]:
             raise ValueError(f"augmented image embeddings have {self.image_aug.shape[2]} dims, "
                              f"clean ones {self.image.shape[1]}")
-        if self.text_aug.shape != self.text.shape:
-            raise ValueError(f"augmented caption embeddings {tuple(self.text_aug.shape)} do not "
-                             f"match caption embeddings {tuple(self.text.shape)}")
+        aug = self.text_aug.shape
+        if aug != self.text.shape and (len(aug) != 4 or aug[:2] != self.text.shape[:2]
+                                       or aug[3] != self.text.shape[2]):
+            raise ValueError(f"augmented caption embeddings {tuple(aug)} do not match caption "
+                             f"embeddings {tuple(self.text.shape)} (one or A variants per "
+                             "caption)")
         for name in ("image", "image_aug", "text", "text_aug"):
             t = getattr(self, name)
             if not torch.isfinite(t).all():
@@ -62,6 +65,11 @@ class Features:
     @property
     def captions(self) -> int:
         return self.text.shape[1]
+
+    @property
+    def variants(self) -> int:
+        """Augmented variants per caption (the trainer draws one per image each epoch)."""
+        return self.text_aug.shape[2] if self.text_aug.dim() == 4 else 1
 
     def one_caption_per_image(self, seed: int) -> "Features":
         """The paper's protocol: one seeded random caption per image, for training and

@@ -6,9 +6,10 @@
 Everything lives on `cfg.device`: the features, the binary targets B, the code buffers H, the
 data order. The loop never asks the device for a number inside an epoch (loss sums stay tensors),
 so a GPU runs the epoch without host round-trips; the only syncs are the validation mAP and the
-epoch's loss log. All randomness (init, B, data order, caption and view choices) comes from the
-seed, and the data order comes from a generator saved in the checkpoint, so the same seed gives
-the same codes and a resumed run equals an uninterrupted one.
+epoch's loss log. All randomness (init, B, data order, and per image and epoch the caption, the
+image view and the caption variant) comes from the seed, and the data order comes from a
+generator saved in the checkpoint, so the same seed gives the same codes and a resumed run
+equals an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -124,6 +125,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     tr = torch.as_tensor(splits["train"])
     x, x_aug = feats.image[tr].to(device), feats.image_aug[tr].to(device)
     t, t_aug = feats.text[tr].to(device), feats.text_aug[tr].to(device)
+    if t_aug.dim() == 3:  # one variant per caption
+        t_aug = t_aug[:, :, None]
     va = torch.as_tensor(splits["val"])
     val_image, val_text = feats.image[va].to(device), feats.text[va].to(device)
     val_labels, trn_labels = feats.labels[va].to(device), feats.labels[tr].to(device)
@@ -143,7 +146,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     sub_dev = sub.to(device)
     val_database = (x[sub_dev], trn_labels[sub_dev], t[sub_dev, cap.to(device)],
                     trn_labels[sub_dev])
-    n_views, n_caps = x_aug.shape[1], t.shape[1]
+    n_views, n_caps, n_variants = x_aug.shape[1], t.shape[1], t_aug.shape[2]
 
     # ---- model, optimisers, binary targets, code buffers
     model = DUCH(feats.image_dim, feats.text_dim, cfg.bits, cfg.hidden,
@@ -209,14 +212,16 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         perm = order if rows is None else rows[order]
         caption = torch.randint(0, n_caps, (n,), generator=gen, device=device)
         view = torch.randint(0, n_views, (n,), generator=gen, device=device)
+        variant = (torch.randint(0, n_variants, (n,), generator=gen, device=device)
+                   if n_variants > 1 else torch.zeros(n, dtype=torch.long, device=device))
         sums = torch.zeros(7, device=device)
         for idx in perm.split(cfg.batch_size):
             if len(idx) < 2:  # batch-norm needs two samples; a shape, not a device value
                 continue
             with amp:
                 h_img, h_img_aug = image_net(torch.cat([x[idx], x_aug[idx, view[idx]]])).float().chunk(2)
-                h_txt, h_txt_aug = text_net(torch.cat([t[idx, caption[idx]],
-                                                       t_aug[idx, caption[idx]]])).float().chunk(2)
+                h_txt, h_txt_aug = text_net(torch.cat([
+                    t[idx, caption[idx]], t_aug[idx, caption[idx], variant[idx]]])).float().chunk(2)
             if meta:
                 robust.detector_step(idx, x, x_aug, t, view, caption, trn_labels, gen)
             d_image = None

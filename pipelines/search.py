@@ -167,7 +167,7 @@ def clean_view(path: Path, crop: int | None, size: int) -> np.ndarray:
         raise ConfigError(f"--image: {exc}") from None
     h, w = image.pixels.shape[:2]
     ops = CenterCrop(crop).draw(None, Geometry(w, h, crop)) if crop else []
-    pixels = apply_spec(image.pixels, ViewSpec("NoAugmentation", 0, (w, h), ops))
+    pixels = apply_spec(image.pixels, ViewSpec("CenterCrop", 0, (w, h), ops))
     return resize(pixels, size)[None]
 
 

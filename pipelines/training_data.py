@@ -128,22 +128,31 @@ def load_archive(images_dir: Path, texts_dir: Path) -> Archive:
         warnings.append("some images have no class label: class-label relevance is unavailable "
                         "for them (evaluation falls back to paired-caption relevance)")
 
-    # ---- captions: one per (image, caption_index); of several text variants, the first
+    # ---- captions: one per (image, caption_index); several text variants (rule-augment or
+    # back-translation `variants = N`) all reach the trainer, which draws one per epoch
+    sort_keys = [("image_id", "ascending"), ("caption_index", "ascending")]
     if "variant_index" in txt.column_names:
-        order = pc.sort_indices(txt, [("image_id", "ascending"), ("caption_index", "ascending"),
-                                      ("variant_index", "ascending")])
-    else:
-        order = pc.sort_indices(txt, [("image_id", "ascending"), ("caption_index", "ascending")])
-    txt = txt.take(order)
-    t_ids = txt.column("image_id").to_pylist()
-    t_idx = txt.column("caption_index").to_pylist()
-    keep = [i for i in range(len(t_ids)) if i == 0 or (t_ids[i], t_idx[i]) !=
-            (t_ids[i - 1], t_idx[i - 1])]
-    txt = txt.take(pa.array(keep))
-    t_ids = [t_ids[i] for i in keep]
+        sort_keys.append(("variant_index", "ascending"))
+    txt = txt.take(pc.sort_indices(txt, sort_keys))
+    all_ids = txt.column("image_id").to_pylist()
+    all_idx = txt.column("caption_index").to_pylist()
+    starts = [i for i in range(len(all_ids)) if i == 0 or (all_ids[i], all_idx[i]) !=
+              (all_ids[i - 1], all_idx[i - 1])]
+    per_caption = np.diff(starts + [len(all_ids)])
+    if len(set(per_caption.tolist())) > 1:
+        i = int(np.argmax(per_caption != per_caption[0]))
+        raise ValueError(f"{texts_dir}: caption {all_idx[starts[i]]} of image "
+                         f"{all_ids[starts[i]]!r} has {per_caption[i]} variant(s), others have "
+                         f"{per_caption[0]}: every caption needs the same number")
+    n_variants = int(per_caption[0]) if len(per_caption) else 1
+    full = txt
+    txt = txt.take(pa.array(starts))
+    t_ids = [all_ids[i] for i in starts]
     temb = _matrix(txt, CAPTION_EMBEDDING)
     if AUGMENTED_EMBEDDING in txt.column_names:
-        taug = _matrix(txt, AUGMENTED_EMBEDDING)
+        taug = _matrix(full, AUGMENTED_EMBEDDING)
+        if n_variants > 1:
+            taug = taug.reshape(len(starts), n_variants, -1)
     else:
         warnings.append(f"{texts_dir} has no {AUGMENTED_EMBEDDING}: the augmented caption is the "
                         "caption itself, so the text intra-modal term compares each caption "
@@ -172,4 +181,5 @@ def load_archive(images_dir: Path, texts_dir: Path) -> Archive:
     return Archive(feats, image_ids, [[cap_ids[r] for r in row] for row in gather], names,
                    has_labels, {"images": str(images_dir), "texts": str(texts_dir),
                                 "image_embedding": img_meta, "caption_embedding": txt_meta,
-                                "image_views": aug_views}, warnings)
+                                "image_views": aug_views, "caption_variants": n_variants},
+                   warnings)

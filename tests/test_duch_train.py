@@ -208,3 +208,43 @@ def test_amp_on_a_cpu_without_bf16_units_warns(feats, monkeypatch):
     lines = []
     train(dataclasses.replace(SMALL, epochs=1, amp=True), feats, log=lines.append)
     assert any("no bf16 units" in line for line in lines)
+
+
+def test_every_caption_variant_reaches_the_trainer(feats):
+    """`variants = N` text augmentation: the trainer draws one variant per image and epoch."""
+    variants = torch.stack([feats.text_aug, feats.text_aug * 0.5, -feats.text_aug], dim=2)
+    three = Features(feats.image, feats.image_aug, feats.text, variants, feats.labels)
+    assert three.variants == 3 and feats.variants == 1
+    a = train(SMALL, three, **QUIET)
+    b = train(SMALL, Features(feats.image, feats.image_aug, feats.text, variants[:, :, :1],
+                              feats.labels), **QUIET)
+    assert a.history != b.history  # the other variants were used
+    with pytest.raises(ValueError, match="one or A variants"):
+        Features(feats.image, feats.image_aug, feats.text, variants[:, :2], feats.labels)
+
+
+def test_the_archive_loader_keeps_every_variant(tmp_path):
+    import pyarrow as pa
+
+    from duchkit.pipelines.schema import CAPTION_EMBEDDING, AUGMENTED_EMBEDDING, embedding_column
+    from duchkit.pipelines.store import write_stage_folder
+    from duchkit.pipelines.training_data import load_archive
+    from tests.duch_shards import write_stages
+
+    f = class_structured(n_images=20, n_classes=2, image_dim=8, text_dim=6, image_views=1,
+                         seed=0)
+    images, _ = write_stages(tmp_path / "emb", f, shard_rows=50)
+    rows = [(i, c, v) for i in range(20) for c in range(f.captions) for v in range(2)]
+    cap = np.stack([f.text[i, c].numpy() for i, c, _ in rows])
+    aug = np.stack([f.text_aug[i, c].numpy() * (1 + v) for i, c, v in rows])
+    cf, ca = embedding_column(CAPTION_EMBEDDING, cap, "t", "w", "p")
+    af, aa = embedding_column(AUGMENTED_EMBEDDING, aug, "t", "w", "p")
+    table = pa.table({"image_id": [f"img{i:05d}" for i, _, _ in rows],
+                      "caption_index": pa.array([c for _, c, _ in rows], pa.int16()),
+                      "variant_index": pa.array([v for _, _, v in rows], pa.int16()),
+                      "label": [str(int(f.labels[i])) for i, _, _ in rows]})
+    table = table.append_column(cf, ca).append_column(af, aa)
+    write_stage_folder(tmp_path / "texts", table, "texts", "embed", {})
+    a = load_archive(images, tmp_path / "texts")
+    assert a.features.variants == 2 and a.sources["caption_variants"] == 2
+    assert torch.allclose(a.features.text_aug[:, :, 1], a.features.text_aug[:, :, 0] * 2)

@@ -97,7 +97,9 @@ def test_setups_are_the_papers_compositions(ucm_images):
     image = ucm_images["airplane/airplane10.jpg"]
     ops = lambda name, seed: [o["op"] for o in _view(build_setup(name), image, seed).ops]  # noqa
     centre = {"op": "crop", "x": 28, "y": 28, "size": 200}
-    assert _view(build_setup("NoAugmentation"), image).ops == [centre]
+    assert _view(build_setup("CenterCrop"), image).ops == [centre]  # view 0
+    # the paper's NoAugmentation pairs view 0 with a different view: the uncropped image
+    assert _view(build_setup("NoAugmentation"), image).ops == []
     spec = _view(build_setup("AugmentedCenterCrop"), image)
     assert [o["op"] for o in spec.ops] == ["gaussian_blur", "rotate", "crop"]
     assert spec.ops[-1] == centre

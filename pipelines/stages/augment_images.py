@@ -81,6 +81,7 @@ def write_rejects(ctx: StageContext, rows: list[dict]) -> Path | None:
 @dataclass
 class AugmentImages(Stage):
     kind: ClassVar[str] = "augment-images"
+    version: ClassVar[int] = 2  # 2: view 0 is "CenterCrop"; NoAugmentation is the whole image
     requires: ClassVar[tuple[str, ...]] = ("dataset", "image_id", "label", "split", "image_path")
 
     augmentation: str = "AugmentedCenterCrop"  # the setup (`--setup`); one of SETUPS
