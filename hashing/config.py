@@ -57,6 +57,10 @@ class TrainConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
+    # coupled: Adam's L2 term added to the gradient (the paper's Adam); decoupled: AdamW, the
+    # decay applied to the weights directly, so its strength does not depend on how large the
+    # (averaged or summed) loss gradients are
+    weight_decay_mode: str = "coupled"
     eps: float = 1e-7
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.5, 0.9)
@@ -132,6 +136,9 @@ class TrainConfig:
         if not 0 <= self.noise_rate < 1:
             problems.append(f"noise_rate={self.noise_rate} (a share of the training images in "
                             "[0, 1))")
+        if self.weight_decay_mode not in ("coupled", "decoupled"):
+            problems.append(f"weight_decay_mode={self.weight_decay_mode!r} (coupled or "
+                            "decoupled)")
         if self.noise_mode not in NOISE_MODES:
             problems.append(f"noise_mode={self.noise_mode!r} (one of {NOISE_MODES})")
         if self.robust not in ROBUST_MODES:

@@ -151,8 +151,9 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     # ---- model, optimisers, binary targets, code buffers
     model = DUCH(feats.image_dim, feats.text_dim, cfg.bits, cfg.hidden,
                  cfg.input_norm).to(device)
-    opt = torch.optim.Adam(model.hash_parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, fused=True)
+    adam = torch.optim.AdamW if cfg.weight_decay_mode == "decoupled" else torch.optim.Adam
+    opt = adam(model.hash_parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+               weight_decay=cfg.weight_decay, fused=True)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.disc_lr,
                              betas=cfg.disc_betas, eps=cfg.disc_eps,
                              weight_decay=cfg.disc_weight_decay, fused=True)

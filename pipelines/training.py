@@ -19,15 +19,35 @@ from duchkit.pipelines.stage import ConfigError
 log = logging.getLogger("duchkit")
 
 
-def train_run(archive, cfg, out: Path, resume: bool = False, say=print) -> dict:
+def train_run(archive, cfg, out: Path, resume: bool = False, say=print,
+              tune_budget_s: float = 0.0, tune_trials: int | None = None) -> dict:
     """Train on an archive, write the run folder (checkpoint, run.json, codes/, metrics) and
     return the standard evaluation. Shared by `duchkit train` and `duchkit study`; one writer
-    per run folder."""
+    per run folder. With a tuning budget (seconds) or a trial count, the settings are first
+    chosen on the validation slice (hashing.tune) and the trials recorded in tune.json."""
     with folder_lock(out, "duchkit train"):
-        return _train_run(archive, cfg, Path(out), resume, say)
+        tuning = None
+        chosen = Path(out) / "tune.json"
+        if resume and chosen.is_file():  # a tuned run resumes with the settings it chose
+            import dataclasses
+            import json
+
+            cfg = dataclasses.replace(cfg, **json.loads(chosen.read_text())["chosen"])
+        elif (tune_budget_s > 0 or tune_trials) and not (Path(out) / CHECKPOINT).exists():
+            from duchkit.hashing.tune import tune
+            from duchkit.pipelines.store import atomic_write_json
+
+            cfg, trials = tune(cfg, archive.features, tune_budget_s, tune_trials, say)
+            tuning = {"budget_s": tune_budget_s, "trials": len(trials), "file": "tune.json",
+                      "chosen": {k: getattr(cfg, k) for k in trials[0]["params"]}}
+            Path(out).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(Path(out) / "tune.json", {"budget_s": tune_budget_s,
+                                                         "trials": trials,
+                                                         "chosen": tuning["chosen"]})
+        return _train_run(archive, cfg, Path(out), resume, say, tuning)
 
 
-def _train_run(archive, cfg, out: Path, resume: bool, say) -> dict:
+def _train_run(archive, cfg, out: Path, resume: bool, say, tuning: dict | None = None) -> dict:
     from duchkit.hashing.checkpoint import checkpoint_record
     from duchkit.hashing.train import train
     from duchkit.pipelines.store import atomic_write_json, write_stage_folder
@@ -53,7 +73,8 @@ def _train_run(archive, cfg, out: Path, resume: bool, say) -> dict:
         "has_labels": archive.has_labels, "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map, "train_seconds": round(result.seconds, 3),
         "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history,
-        "checkpoint": checkpoint_record(out), **noise})
+        "checkpoint": checkpoint_record(out), **noise,
+        **({"tuning": tuning} if tuning else {})})
     say(f"trained {cfg.bits} bits, selected epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
         f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
     return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair",

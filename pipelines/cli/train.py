@@ -39,7 +39,10 @@ def register(sub) -> None:
     for name in ("alpha", "beta", "gamma", "lambda_image", "lambda_text", "tau", "lr"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="Adam's (coupled, L2) weight decay of the hashing networks")
+                   help="weight decay of the hashing networks")
+    p.add_argument("--weight-decay-mode", choices=["coupled", "decoupled"],
+                   default=d.weight_decay_mode,
+                   help="coupled: Adam's L2 term (the paper's); decoupled: AdamW")
     p.add_argument("--weights-ref-bits", type=int, default=d.weights_ref_bits,
                    help="beta and gamma are the weights at this code length and scale by it / "
                    "bits (quantisation and bit balance grow with the bits, NT-Xent does not); "
@@ -86,6 +89,12 @@ def register(sub) -> None:
                    help="chnr: phase 1 epochs before the --epochs of phase 2")
     g.add_argument("--gmm-warmup", type=int, default=d.gmm_warmup,
                    help="gmm: epochs with every weight 1 before the mixture is fitted")
+    p.add_argument("--tune", type=float, default=0.0, metavar="SECONDS",
+                   help="first choose lr, weight decay (and its coupling), loss reduction, "
+                   "temperature and epochs on the validation slice with Optuna, within this "
+                   "time budget (trials in RUN/tune.json); 0 = no tuning")
+    p.add_argument("--tune-trials", type=int, default=None,
+                   help="at most this many tuning trials (with --tune 0: exactly this many)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -104,6 +113,7 @@ def train_config(args: argparse.Namespace):
                       lambda_text=args.lambda_text, tau=args.tau, lr=args.lr,
                       reduction=args.loss_reduction, lr_decay=args.lr_decay,
                       weights_ref_bits=args.weights_ref_bits, weight_decay=args.weight_decay,
+                      weight_decay_mode=args.weight_decay_mode,
                       captions_per_image=args.captions_per_image, eval_every=args.eval_every,
                       map_k=args.k, compile=args.compile, amp=args.amp,
                       checkpoint_every=args.checkpoint_every, selection_se=args.selection_se,
@@ -132,7 +142,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for w in archive.warnings:
         print(f"warning: {w}")
     setup_logging(args.out)
-    train_run(archive, cfg, args.out, args.resume, (lambda s: None) if args.quiet else print)
+    if args.tune < 0 or (args.tune_trials is not None and args.tune_trials < 1):
+        raise ConfigError("duchkit train: --tune must be >= 0 seconds and --tune-trials >= 1")
+    train_run(archive, cfg, args.out, args.resume, (lambda s: None) if args.quiet else print,
+              args.tune, args.tune_trials)
     return 0
 
 
