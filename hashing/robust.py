@@ -9,9 +9,10 @@ pair's inter-modal NT-Xent terms (hashing.losses.nt_xent `weights`).
   "normal" w, "exp" w^3, "discrete" 1[w > t], t the midpoint of the last meta epoch's mean real
   and fake scores.
 - gmm (label-free, after NCR, NeurIPS 2021): each epoch, the disagreement 1 - cos(image code,
-  caption code) of every training pair is split by a two-component Gaussian mixture; w is the
-  posterior of the low-disagreement component. Needs neither labels nor a clean subset; the
-  codes it reads are the ones the epoch computed anyway.
+  caption code) of every training pair is split by a two-component Gaussian mixture whose
+  wrong-caption component is anchored to the disagreement of mismatched pairs; w is the
+  posterior of the clean component. Needs neither labels nor a clean subset; the codes it reads
+  are the ones the epoch computed anyway.
 - oracle: w = the true clean mask of injected noise, an upper bound for diagnostics.
 - ptc: DUCH pre-trained on the clean subset, then every pair weighs 1 (CHNR's baseline).
 """
@@ -103,23 +104,37 @@ def chnr_weights(scores: torch.Tensor, mode: str, threshold: float) -> torch.Ten
     raise ValueError(f"weight mode must be normal, exp or discrete, not {mode!r}")
 
 
-def gmm_clean_posterior(d: torch.Tensor, iters: int = 30) -> torch.Tensor:
-    """Posterior of the lower-mean component of a two-component 1-D Gaussian mixture fitted to
-    `d` by EM (initialised at the 25th/75th percentiles). Small, on the device, no host sync."""
+def gmm_clean_posterior(d: torch.Tensor, d_random: torch.Tensor | None = None,
+                        iters: int = 30) -> torch.Tensor:
+    """Posterior of the clean component of a two-component 1-D Gaussian mixture fitted to the
+    disagreements `d` by EM. With `d_random` (the disagreements of mismatched pairs, an image
+    with another image's caption), the wrong-caption component is anchored to them: a wrong
+    pair looks like a random one, so only the clean component and the mixing share are fitted,
+    and an archive without wrong captions gets a share near 0 and weights near 1 (an unanchored
+    mixture splits any data in two). Small, on the device, no host sync."""
     d = d.float()
-    lo, hi = torch.quantile(d, 0.25), torch.quantile(d, 0.75)
-    mu = torch.stack([lo, hi])
-    var = d.var().clamp_min(1e-6).expand(2).clone()
+    var0 = d.var().clamp_min(1e-6)
+    if d_random is None:
+        mu = torch.stack([torch.quantile(d, 0.25), torch.quantile(d, 0.75)])
+        var = var0.expand(2).clone()
+    else:
+        mu = torch.stack([torch.quantile(d, 0.25), d_random.float().mean()])
+        var = torch.stack([var0, d_random.float().var().clamp_min(1e-6)])
     pi = d.new_tensor([0.5, 0.5])
     for _ in range(iters):
         logp = (-0.5 * (d[:, None] - mu) ** 2 / var - 0.5 * torch.log(2 * torch.pi * var)
-                + torch.log(pi))
+                + torch.log(pi.clamp_min(1e-6)))
         r = torch.softmax(logp, dim=1)
         nk = r.sum(0).clamp_min(1e-6)
-        mu = (r * d[:, None]).sum(0) / nk
-        var = ((r * (d[:, None] - mu) ** 2).sum(0) / nk).clamp_min(1e-6)
+        new_mu = (r * d[:, None]).sum(0) / nk
+        new_var = ((r * (d[:, None] - new_mu) ** 2).sum(0) / nk).clamp_min(1e-6)
+        if d_random is None:
+            mu, var = new_mu, new_var
+        else:  # the wrong-caption component stays where random pairs are
+            mu = torch.stack([new_mu[0], mu[1]])
+            var = torch.stack([new_var[0], var[1]])
         pi = nk / len(d)
-    clean = torch.argmin(mu)
+    clean = 0 if d_random is not None else int(torch.argmin(mu))
     return r[:, clean]
 
 
@@ -216,7 +231,11 @@ class Robustness:
 
     def end_of_epoch(self, phase_epoch: int, h_image: torch.Tensor, h_text: torch.Tensor) -> None:
         if self.mode == "gmm" and phase_epoch + 1 >= self.cfg.gmm_warmup:
-            self.weights = gmm_clean_posterior(code_disagreement(h_image, h_text))
+            n = len(h_image)
+            shift = 1 + (phase_epoch * 7919) % max(1, n - 1)  # another image's caption, seeded
+            mismatched = h_text[(torch.arange(n, device=h_text.device) + shift) % n]
+            self.weights = gmm_clean_posterior(code_disagreement(h_image, h_text),
+                                               code_disagreement(h_image, mismatched))
 
     def diagnostics(self, meta: bool) -> dict:
         if self.mode == "none":

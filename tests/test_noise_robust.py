@@ -84,6 +84,14 @@ def test_gmm_posterior_finds_the_low_component():
     post = gmm_clean_posterior(d)
     assert post[:300].min() > 0.9 and post[300:].max() < 0.1
     assert roc_auc(post, torch.arange(400) < 300) == 1.0
+    # anchored at the disagreement of mismatched pairs: the same split, and an archive with no
+    # wrong captions keeps weights near 1 instead of being cut in two
+    rand = torch.randn(400, generator=g) * 0.05 + 0.9
+    anchored = gmm_clean_posterior(d, rand)
+    assert anchored[:300].min() > 0.9 and anchored[300:].max() < 0.1
+    clean_only = torch.randn(400, generator=g) * 0.08 + 0.2
+    assert gmm_clean_posterior(clean_only, rand).mean() > 0.95
+    assert gmm_clean_posterior(clean_only).mean() < 0.8  # what the unanchored mixture does
 
 
 @pytest.mark.models
