@@ -40,8 +40,10 @@ def describe(root: Path) -> str:
             continue
         m = store.manifest()
         rate = f", {m['rows_per_s']} rows/s" if m.get("rows_per_s") else ""
-        lines.append(f"{d.name}: {m['kind']}, {m['rows']} rows in {len(m['shards'])} shard(s), "
-                     f"{m['wall_time_s']} s{rate}, fingerprint {m['fingerprint']}")
+        # a folder written in one piece (the codes of a run) records no wall time
+        wall = f", {m['wall_time_s']} s" if m.get("wall_time_s") is not None else ""
+        lines.append(f"{d.name}: {m['kind']}, {m['rows']} rows in {len(m['shards'])} shard(s)"
+                     f"{wall}{rate}, fingerprint {m['fingerprint']}")
         if m.get("parameters"):
             lines.append(f"  parameters: {json.dumps(m['parameters'], sort_keys=True)}")
         if m.get("models"):
@@ -60,3 +62,29 @@ def describe(root: Path) -> str:
                                             for k, v in f.metadata.items())
                 lines.append(f"    {f.name}: {f.type}{meta}")
     return "\n".join(lines)
+
+
+def write_html(root: Path, path: Path | None = None, summary: str | None = None,
+               runs: bool = True) -> Path:
+    """One self-contained page for a run or stage folder: the summary `describe` prints, then
+    the galleries of what the folder holds (pipelines/galleries.py; `runs=False`: no retrieval
+    of the trained runs below it). Default: ROOT/inspect.html (ROOT itself must be a folder
+    describe() accepts)."""
+    from duchkit.pipelines.galleries import folder_galleries
+    from duchkit.pipelines.report_html import render
+    from duchkit.pipelines.store import atomic_write_bytes
+
+    root = Path(root)
+    summary = describe(root) if summary is None else summary
+    sections = folder_galleries(root, runs)
+    markdown = "\n".join([f"# duchkit inspect {root.name}", "",
+                          f"`{root.resolve()}`", "", "## Stages", ""]
+                         + [f"- `{line.strip()}`" if line.startswith(" ") else f"- {line}"
+                            for line in summary.splitlines() if line.strip()
+                            and not line.startswith("    ") and line.strip() != "schema:"])
+    if not sections:
+        markdown += "\n\nNothing to show: no caption variants, image views or hash codes here.\n"
+    path = Path(path) if path is not None else root / "inspect.html"
+    atomic_write_bytes(path, render(markdown, root, f"duchkit inspect {root.name}",
+                                    sections).encode())
+    return path

@@ -1,9 +1,11 @@
 """report.md -> report.html: one self-contained page (plots inlined), no extra dependency.
 
 The study writes its report in a small, fixed subset of Markdown (headings, paragraphs, pipe
-tables, bullet lists, images, `code`), so a few lines render it; a general Markdown package
+tables, bullet lists, images, `code`, **bold**), so a few lines render it; a general Markdown package
 would be a dependency for nothing. The HTML has its PNGs inlined as data URIs, so the one file
-can be mailed or attached to a lab notebook without its folder.
+can be mailed or attached to a lab notebook without its folder. HTML sections the Markdown
+cannot hold (the galleries of pipelines/galleries.py, their pictures inlined too) are appended
+as they are.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
 _CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem;
@@ -24,12 +27,14 @@ th { background: #f3f3f3; }
 tr:nth-child(even) td { background: #fafafa; }
 code { background: #f3f3f3; padding: 0 0.2rem; border-radius: 3px; }
 img { max-width: 100%; margin: 0.5rem 0; }
+td strong { color: #0a6; }
 """
 
 
 def _inline(text: str) -> str:
-    """Escape, then turn `code` spans into <code>."""
-    return _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(text, quote=False))
+    """Escape, then turn `code` spans into <code> and **bold** into <strong>."""
+    text = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(text, quote=False))
+    return _BOLD.sub(lambda m: f"<strong>{m.group(1)}</strong>", text)
 
 
 def _cells(line: str) -> list[str]:
@@ -48,8 +53,12 @@ def _image(alt: str, src: str, folder: Path) -> str:
     return f'<img alt="{html.escape(alt)}" src="{html.escape(src)}">'
 
 
-def render(markdown: str, folder: Path, title: str = "report") -> str:
-    """HTML for the subset of Markdown the study report uses; images resolved in `folder`."""
+def render(markdown: str, folder: Path, title: str = "report",
+           sections: list[str] | tuple[str, ...] = ()) -> str:
+    """HTML for the subset of Markdown the study report uses; images resolved in `folder`;
+    `sections`: HTML fragments appended after it (galleries)."""
+    from duchkit.pipelines.galleries import STYLE as GALLERY_STYLE
+
     out: list[str] = []
     lines = markdown.splitlines()
     i = 0
@@ -90,6 +99,7 @@ def render(markdown: str, folder: Path, title: str = "report") -> str:
                 para.append(_inline(lines[i]))
                 i += 1
             out.append("<p>" + "<br>\n".join(para) + "</p>")
+    out += list(sections)
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
-            + "\n".join(out) + "\n</body></html>\n")
+            f"<title>{html.escape(title)}</title><style>{STYLE}{GALLERY_STYLE}</style></head>"
+            "<body>\n" + "\n".join(out) + "\n</body></html>\n")

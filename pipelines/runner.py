@@ -31,13 +31,19 @@ from duchkit.pipelines.version import __version__
 log = logging.getLogger("duchkit")
 
 
+class DeviceUnavailable(ConfigError, RuntimeError):
+    """The device asked for is not on this machine: a one-line error (exit code 2), no
+    traceback. Still a RuntimeError, as resolve_device raised before."""
+
+
 def resolve_device(device: str) -> str:
     if device in ("cpu", "cuda"):
         if device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
-                raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+                raise DeviceUnavailable("--device cuda was asked for, but torch sees no CUDA "
+                                        "device")
         return device
     try:
         import torch
@@ -193,12 +199,26 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     statuses = list(done)
+    # rows/s and ETA over the rows still to compute; stages that call engines.report_rows per
+    # batch move the bar within a shard, the others once per shard
     bar = tqdm(total=sum(rows_in[t.index] for t in todo), desc=entry.name, unit="row",
-               disable=not progress or not todo, dynamic_ncols=True)
+               disable=not progress or not todo, dynamic_ncols=True, smoothing=0.1,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} rows "
+                          "[{elapsed}<{remaining}, {rate_fmt}]")
+    reported: dict[int, int] = {}
+
+    def on_rows(index: int, n: int) -> None:  # never past the shard's own row count
+        n = min(n, rows_in[index] - reported.get(index, 0))
+        if n > 0:
+            reported[index] = reported.get(index, 0) + n
+            bar.update(n)
+
     with bar:
-        for status in make_engine(engine, workers, ray_address).map(entry.stage, ctx, schema, todo):
+        for status in make_engine(engine, workers, ray_address, on_rows if progress else None
+                                  ).map(entry.stage, ctx, schema, todo):
             statuses.append(status.__dict__)
-            bar.update(rows_in[status.index])
+            bar.update(rows_in[status.index] - reported.get(status.index, 0))
+            reported[status.index] = rows_in[status.index]
     wall = time.perf_counter() - start
     statuses.sort(key=lambda s: s["index"])
     computed_rows = sum(rows_in[t.index] for t in todo)
@@ -229,6 +249,7 @@ def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool =
         records = StageStore(out / SOURCE_STAGE)
         plans = [StagePlan(SOURCE_STAGE, "complete" if records.is_complete() else "new", 0, 0)]
         return plans + [plan_stage(e, out, config.run.seed) for e in config.stages]
+    device = resolve_device(config.run.device)  # before anything is written
     new_folder = not Path(out).exists()
     with folder_lock(out, "duchkit run"):
         setup_logging(out)
@@ -240,7 +261,6 @@ def run_pipeline(config: PipelineConfig, dry_run: bool = False, progress: bool =
             if new_folder:  # a strict validation failure leaves nothing behind
                 remove_new_folder(out)
             raise
-        device = resolve_device(config.run.device)
         ctx = StageContext(seed=config.run.seed, device=device, log=log)
         for entry in config.stages:
             manifests[entry.name] = run_stage(entry, out, ctx, config.run.workers,

