@@ -147,7 +147,7 @@ class TrainConfig:
             problems.append(f"weight_mode={self.weight_mode!r} (one of {WEIGHT_MODES})")
         if not 0 < self.clean_fraction < 1:
             problems.append(f"clean_fraction={self.clean_fraction} (a share in (0, 1))")
-        elif self.robust in ("chnr", "ptc") and self.clean_fraction > 1 - self.noise_rate:
+        elif self.robust in ("chnr", "ptc") and self.clean_fraction > 1 - self.noise_rate + 1e-9:
             problems.append(f"clean_fraction={self.clean_fraction} with noise_rate="
                             f"{self.noise_rate}: the clean subset is drawn from the images the "
                             "noise left clean, so clean_fraction <= 1 - noise_rate")

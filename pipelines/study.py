@@ -46,7 +46,8 @@ from duchkit.pipelines.config import StageEntry, build_config, demo_config_path,
 from duchkit.pipelines.stage import ConfigError
 from duchkit.pipelines.store import fingerprint
 
-BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4", "fig5")
+BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4", "fig5",
+                   "noise")
 TASKS = ("i2t", "t2i")
 DEFAULT_SEEDS = [0, 1, 2]
 # the keys of a user's pipeline stage that are not parameters of the stage

@@ -145,10 +145,12 @@ def test_stage_keeps_its_contract(full_run, kind):
 
 @pytest.fixture(scope="module")
 def paper_text(shared_data):
-    path = shared_data.parent / "paper" / "duch-paper.txt"
-    if not path.is_file():
-        pytest.fail(f"the paper's text is not at {path}")
-    return path.read_text()
+    # the DUCH paper, and CHNR's published curves for the noise study
+    paths = [shared_data.parent / "paper" / n for n in ("duch-paper.txt", "chnr-results.csv")]
+    for path in paths:
+        if not path.is_file():
+            pytest.fail(f"the paper's text is not at {path}")
+    return "\n".join(p.read_text() for p in paths)
 
 
 def _numbers(text: str) -> set[float]:
