@@ -202,3 +202,25 @@ def test_features_unchanged_without_noise(feats):
     same, mask = inject_noise(feats, split["train"], 0.0, "cross-class", 0)
     assert same is feats and not mask.any()
     assert isinstance(same, Features)
+
+
+def test_inspect_lists_the_least_trusted_pairs(feats, tmp_path, capsys):
+    images, texts = write_stages(tmp_path / "emb", feats, shard_rows=120)
+    run = tmp_path / "run"
+    assert main(["train", "--images", str(images), "--texts", str(texts), "--out", str(run),
+                 "--bits", "16", "--epochs", "3", "--batch-size", "32", "--hidden", "64",
+                 "--noise-rate", "0.3", "--robust", "oracle", "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(run), "--suspicious", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "suspicious.html" in out
+    rows = pq.read_table(run / "suspicious.parquet").to_pylist()
+    assert len(rows) == 5 and all(r["injected_noise"] for r in rows)  # oracle: weight 0 first
+    assert [r["weight"] for r in rows] == sorted(r["weight"] for r in rows)
+    assert "least" in (run / "suspicious.html").read_text()
+    plain = tmp_path / "plain"
+    assert main(["train", "--images", str(images), "--texts", str(texts), "--out", str(plain),
+                 "--bits", "16", "--epochs", "1", "--batch-size", "32", "--hidden", "32",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert main(["inspect", str(plain), "--suspicious", "5"]) == 2
+    assert "only a run trained with --robust" in capsys.readouterr().err

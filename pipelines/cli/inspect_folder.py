@@ -14,12 +14,24 @@ def register(sub) -> None:
     p.add_argument("--html", nargs="?", const="", metavar="FILE",
                    help="also write the galleries as one self-contained HTML page (default: "
                    "DIR/inspect.html)")
+    p.add_argument("--suspicious", type=int, metavar="N",
+                   help="a robust run folder: its N least trusted training pairs (image, "
+                   "captions, weight) to suspicious.html and suspicious.parquet")
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from duchkit.pipelines.describe import describe, write_html
 
+    if args.suspicious is not None:
+        from duchkit.pipelines.suspicious import suspicious_pairs, write_suspicious
+
+        parquet, page = write_suspicious(args.dir, args.suspicious)
+        for i, r in enumerate(suspicious_pairs(args.dir, args.suspicious), 1):
+            caption = (r["captions"] or ["-"])[0]
+            print(f"{i:>3}  {r['weight']:.3f}  {r['image_id']:<24} {caption}")
+        print(f"wrote {page} and {parquet}")
+        return 0
     text = describe(args.dir)
     print(text)
     if args.html is not None:
