@@ -385,3 +385,13 @@ def train_value(cell: Cell, key: str):
     from duchkit.hashing.config import TrainConfig
 
     return cell.train.get(key, getattr(TrainConfig(), key))
+
+
+def stage_chain(study: Study, name: str) -> list[str]:
+    """The stage `name` and the stages it reads from, back to (not including) the records."""
+    by_name = {e.name: e for e in study.pipeline.stages}
+    chain = []
+    while name in by_name:
+        chain.append(name)
+        name = by_name[name].input
+    return chain

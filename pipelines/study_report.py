@@ -17,7 +17,7 @@ from pathlib import Path
 from duchkit.pipelines.report_html import render as render_html
 from duchkit.pipelines.stats import (format_difference, format_mean_std, paired_difference)
 from duchkit.pipelines.store import atomic_write_bytes, atomic_write_json
-from duchkit.pipelines.study import TASKS, Cell, Study, train_value
+from duchkit.pipelines.study import TASKS, Cell, Study, stage_chain, train_value
 from duchkit.pipelines.study_plots import study_plots
 
 MIN_SEEDS = 3  # below this the report says the intervals are wide or missing
@@ -35,22 +35,13 @@ def stage_models(out: Path, name: str) -> str:
     return ", ".join(f"{v}" for v in (m.get("models") or {}).values()) or m.get("kind", "-")
 
 
-def _chain(study: Study, name: str) -> list[str]:
-    by_name = {e.name: e for e in study.pipeline.stages}
-    chain = []
-    while name in by_name:
-        chain.append(name)
-        name = by_name[name].input
-    return chain
-
-
 def models_used(study: Study) -> list[tuple[str, str, dict[str, str]]]:
     """(stage, kind, {role: model}) for every stage with a model in the cells' chains, in
     pipeline order: from the stage's manifest, else (a stage that did not complete) from the
     stage's configuration."""
     out = study.pipeline.run.out
     wanted = {s for c in study.cells for n in (c.text_stage, c.image_stage)
-              for s in _chain(study, n)}
+              for s in stage_chain(study, n)}
     found = []
     entries = {e.name: e for e in study.pipeline.stages}
     order = [e.name for e in study.pipeline.stages] + sorted(wanted - set(entries))
@@ -181,7 +172,7 @@ def write_report(study: Study, rows: list[dict], timing: dict,
                               (cell.image_variant, cell.image_stage)):
             if name not in seen:
                 seen.add(name)
-                chain = " ← ".join(f"`{s}`" for s in _chain(study, name)) or f"`{name}`"
+                chain = " ← ".join(f"`{s}`" for s in stage_chain(study, name)) or f"`{name}`"
                 lines.append(f"- {variant or 'inline'}: {chain}")
     lines += ["", f"Stages: {timing['stages_seconds']} s; training + evaluation: "
               f"{timing['train_eval_seconds']} s for {timing['runs_trained']} new run(s).",
@@ -225,7 +216,7 @@ def study_galleries(study: Study, rows: list[dict]) -> list[str]:
     for cell in study.cells:
         for name, variant in ((cell.text_stage, cell.text_variant),
                               (cell.image_stage, cell.image_variant)):
-            for s in _chain(study, name):
+            for s in stage_chain(study, name):
                 if s in seen or not (out / s / "_manifest.json").exists():
                     continue
                 seen.add(s)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from duchkit.pipelines.stage import ConfigError
-from duchkit.pipelines.study import Cell, Study, train_value
+from duchkit.pipelines.study import Cell, Study, stage_chain, train_value
 from duchkit.pipelines.study_report import write_report
 
 log = logging.getLogger("duchkit")
@@ -87,16 +87,6 @@ def run_study_stages(study: Study, progress: bool = True
                           entry.stage.kind)
             failed[entry.name] = f"stage {entry.name} ({entry.stage.kind}): {reason_of(exc)}"
     return manifests, failed
-
-
-def stage_chain(study: Study, name: str) -> list[str]:
-    """The stage `name` and the stages it reads from, back to (not including) the records."""
-    by_name = {e.name: e for e in study.pipeline.stages}
-    chain = []
-    while name in by_name:
-        chain.append(name)
-        name = by_name[name].input
-    return chain
 
 
 @contextmanager
