@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile our networks")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast of our networks")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
     epochs = args.epochs or (3 if args.quick else 100)
     n_images, n_classes = SIZES[args.size]
     feats = class_structured(n_images, n_classes, 512, 768, captions=5, latent=32, noise=1.2,

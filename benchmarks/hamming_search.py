@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
     n_db, n_q = (100_000, 200) if args.quick else (1_000_000, 1000)
     rng = np.random.default_rng(0)
     db = rng.integers(0, 256, (n_db, 8), dtype=np.uint8)  # 64-bit packed codes

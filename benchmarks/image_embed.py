@@ -2,6 +2,7 @@
 
     python benchmarks/image_embed.py [--quick] [--device cpu|cuda] [--images N] [--model SPEC]
                                      [--precision auto|fp32|bf16|fp16]
+                                     [--runtime torch|onnxruntime|openvino]
 
 Inputs: the shared real UCM images (2,100; --quick: 48), 2 views per image (view 0: centre crop
 200 -> 224; view 1: AugmentedCenterCrop = blur sigma U(1.1, 1.3) + rotation U(-10, -5) + centre
@@ -36,6 +37,10 @@ Precision (ours): the stage's `precision` (auto = fp16 on CUDA, fp32 on the CPU)
 bf16` on a CPU with AMX runs the encoder in bf16 autocast; the baseline stays
 fp32 as the authors ran it, and the equivalence check then also bounds the bf16 drift.
 
+Runtime (ours): the stage's `runtime` (pipelines.runtimes): torch (default), or the same
+encoder exported to ONNX and run by onnxruntime or OpenVINO on the CPU (exported once, cached,
+outside the timing like the model loading); the equivalence check then also covers the export.
+
 Also reported: per-transform images/s of our spec-replayed albumentations ops (draw + apply,
 on decoded arrays) next to torchvision's PIL transforms for the same transform.
 """
@@ -58,7 +63,7 @@ from duchkit.augment import image_views as iv
 from duchkit.pipelines.encoders import load_image_encoder
 from duchkit.pipelines.readers import DatasetSpec, read_dataset
 from duchkit.pipelines.schema import fixed_size_list
-from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.stage import ConfigError, StageContext
 from duchkit.pipelines.stages.augment_images import AugmentImages
 from duchkit.pipelines.stages.embed import EmbedImages
 from duchkit.pipelines.view_loader import default_batch_size, default_loader_workers
@@ -187,9 +192,14 @@ def main() -> None:
                     "the main process between batches)")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="ours: encoder precision (auto: fp16 on CUDA, fp32 on the CPU)")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                    help="ours: the encoder's runtime (onnxruntime / openvino: CPU only)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
+    if args.device == "cuda" and args.runtime != "torch":
+        raise SystemExit(f"--runtime {args.runtime} runs on the CPU only; with --device cuda "
+                         "use --runtime torch")
     n = args.images or (48 if args.quick else 2100)
     workers = default_loader_workers(args.device) if args.loader_workers == -1 \
         else args.loader_workers
@@ -214,9 +224,13 @@ def main() -> None:
 
     records = ucm_records(n)
     paths = list(dict.fromkeys(records.column("image_path").to_pylist()))
-    stage = EmbedImages(model=model, batch_size=batch, precision=args.precision,
-                        loader_workers=args.loader_workers, encoder_procs=args.encoder_procs)
-    stage.setup(StageContext(device=args.device))
+    try:
+        stage = EmbedImages(model=model, batch_size=batch, precision=args.precision,
+                            loader_workers=args.loader_workers, encoder_procs=args.encoder_procs,
+                            runtime=args.runtime)
+        stage.setup(StageContext(device=args.device))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     encoder = stage.encoder()
     # the authors' model as loaded: batch-norms kept (they run it in train mode), NCHW layout
     base_model = load_image_encoder(model, fold_bn=False).model.to(
@@ -288,6 +302,7 @@ def main() -> None:
         "unit": "image views per second, end to end (decode + augment + encode + write)",
         "encoder": encoder.arch, "encoder_spec": model, "dim": encoder.dim,
         "input_size": encoder.input_size, "batch_size": batch, "precision": args.precision,
+        "runtime": args.runtime,
         "loader_workers": workers,
         "batch_size_used": default_batch_size(args.device) if batch == -1 else batch,
         "encoder_procs": stage.encoder_processes(args.device),
@@ -307,7 +322,8 @@ def main() -> None:
         "transforms_per_s": rates,
         "quick": bool(args.quick),
     }
-    suffix = ("" if args.precision in ("auto", "fp32") else f"-{args.precision}") + \
+    suffix = ("" if args.runtime == "torch" else f"-{args.runtime}") + \
+        ("" if args.precision in ("auto", "fp32") else f"-{args.precision}") + \
         ("-quick" if args.quick else "")  # a quick run never overwrites a full run's figures
     write_result(result, f"image_embed-{args.device}{suffix}.json")
     print(json.dumps(result))

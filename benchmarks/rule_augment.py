@@ -131,6 +131,11 @@ def main() -> None:
                     help="BERTScore encoder precision for both sides (auto: fp16 on CUDA, "
                     "fp32 on the CPU)")
     args = ap.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
     datasets = (args.datasets or ("ucm" if args.quick else "ucm,rsitmd")).split(",")
     n_base = args.baseline_n or (40 if args.quick else 300)
 

@@ -33,7 +33,11 @@ def _proc_init(stage: EmbedImages) -> None:
     die_with_parent()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    _PROC["encoder"] = stage.encoder().to("cpu")
+    enc = _PROC["encoder"] = stage.encoder().to("cpu")
+    if getattr(stage, "runtime", "torch") != "torch":
+        # compile the runtime's model for this process's one thread now (set-up, not shard work)
+        enc.encode(np.zeros((1, enc.input_size, enc.input_size, 3), np.uint8), "cpu",
+                   stage.precision)
 
 
 def _proc_encode(dataset: ViewDataset, precision: str, batch: int) -> np.ndarray:

