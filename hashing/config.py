@@ -19,6 +19,12 @@ NOISE_MODES = ("cross-class", "shuffle")
 # ptc = pre-trained on the clean subset, then every pair 1 (CHNR's own baseline)
 ROBUST_MODES = ("none", "chnr", "gmm", "oracle", "ptc")
 WEIGHT_MODES = ("normal", "exp", "discrete")
+# What is trained (hashing.baselines for the two baselines of the paper's Tables IV/V): DUCH, or
+# DJSRH (ICCV 2019) / JDSH (SIGIR 2020) on the same features, splits, networks and selection
+METHODS = ("duch", "djsrh", "jdsh")
+# DUCH's own loss settings (eq. 4-9): a baseline has its own objective and does not read them
+DUCH_LOSS_FIELDS = ("alpha", "beta", "gamma", "lambda_image", "lambda_text", "tau", "reduction",
+                    "weights_ref_bits")
 
 # Table III: each ablation is a set of weight overrides.
 ABLATIONS = {
@@ -34,6 +40,7 @@ ABLATIONS = {
 
 @dataclass
 class TrainConfig:
+    method: str = "duch"  # METHODS; "djsrh" / "jdsh" ignore DUCH's loss settings below
     bits: int = 64
     epochs: int = 100
     batch_size: int = 256
@@ -143,6 +150,10 @@ class TrainConfig:
             problems.append(f"noise_mode={self.noise_mode!r} (one of {NOISE_MODES})")
         if self.robust not in ROBUST_MODES:
             problems.append(f"robust={self.robust!r} (one of {ROBUST_MODES})")
+        if self.method not in METHODS:
+            problems.append(f"method={self.method!r} (one of {METHODS})")
+        elif self.method != "duch":
+            problems += self._baseline_problems()
         if self.weight_mode not in WEIGHT_MODES:
             problems.append(f"weight_mode={self.weight_mode!r} (one of {WEIGHT_MODES})")
         if not 0 < self.clean_fraction < 1:
@@ -171,6 +182,24 @@ class TrainConfig:
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
         return self
+
+    def _baseline_problems(self) -> list[str]:
+        """What a DJSRH or JDSH run cannot honour: robust training (it weighs DUCH's
+        inter-modal term) and DUCH's loss settings (an --ablation among them), which the
+        baseline's objective does not read; refused rather than silently ignored."""
+        problems = []
+        if self.robust != "none":
+            problems.append(f"robust={self.robust!r} with method={self.method!r}: robust "
+                            "training weighs DUCH's inter-modal term, which "
+                            f"{self.method} does not have (robust = \"none\")")
+        default = TrainConfig()
+        changed = [f"{k}={getattr(self, k)!r}" for k in DUCH_LOSS_FIELDS
+                   if getattr(self, k) != getattr(default, k)]
+        if changed:
+            problems.append(f"{', '.join(changed)} with method={self.method!r}: DUCH's loss "
+                            f"settings (also what an ablation sets), which {self.method} does "
+                            "not use; leave them at their defaults")
+        return problems
 
     def _type_problems(self) -> list[str]:
         """Each field holds its annotated type: "zero" is no seed, "no" no boolean, and a bool

@@ -94,20 +94,27 @@ def validation_map(model: DUCH, query: tuple, database: tuple, k: int) -> torch.
 VAL_DB_TRAIN = 1000  # train images added to the validation database (one caption each)
 
 
-def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume: bool = False,
-          log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
-    """Train DUCH on the train split of `feats`; returns the validation-selected model (the
-    latest epoch within `cfg.selection_se` standard errors of the best validation mAP).
+@dataclass
+class TrainingData:
+    """What a training loop reads, on the device: the features after the caption protocol and
+    the injected noise, the split, the train part's embeddings and labels, and the validation
+    query and database (validation_map)."""
+    feats: Features
+    splits: dict[str, np.ndarray]
+    noise_mask: np.ndarray
+    x: torch.Tensor  # [n, di] train images
+    x_aug: torch.Tensor  # [n, V, di]
+    t: torch.Tensor  # [n, C, dt] their captions
+    t_aug: torch.Tensor  # [n, C, A, dt]
+    trn_labels: torch.Tensor  # [n]
+    val_query: tuple
+    val_database: tuple
 
-    With `cfg.noise_rate`, wrong captions are injected into the training images first
-    (hashing.noise); with `cfg.robust`, each pair's inter-modal term is weighed by how much it
-    is trusted (hashing.robust; chnr adds `cfg.meta_epochs` of phase 1 before the main epochs).
-    `run_dir` receives `checkpoint.pt` every `checkpoint_every` epochs; `resume` continues from
-    it. `stop_after` ends the run after that many epochs (an interruption, for tests)."""
-    cfg.validate()
-    t_start = time.perf_counter()
-    device = torch.device(cfg.device)
-    seed_everything(cfg.seed)
+
+def training_data(cfg: TrainConfig, feats: Features, device: torch.device,
+                  log: Callable[[str], None] = print) -> TrainingData:
+    """The split, the injected noise and the device tensors of a training run: the same for
+    DUCH and the baselines (hashing.baselines), so they train and select on the same data."""
     if cfg.captions_per_image == 1:
         feats = feats.one_caption_per_image(cfg.seed)
     splits = split_indices(feats.n, cfg.seed, val_of_train=cfg.val_of_train)
@@ -146,6 +153,55 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     sub_dev = sub.to(device)
     val_database = (x[sub_dev], trn_labels[sub_dev], t[sub_dev, cap.to(device)],
                     trn_labels[sub_dev])
+    return TrainingData(feats, splits, noise_mask, x, x_aug, t, t_aug, trn_labels, val_query,
+                        val_database)
+
+
+def select_epoch(val: float, se: float, top_map: float, top_se: float,
+                 selection_se: float) -> tuple[float, float, bool]:
+    """One evaluated epoch through model selection: the new best (top_map, top_se) and whether
+    this epoch is kept. Selection is on the validation slice only; the kept epoch is the latest
+    within selection_se standard errors of the best (TrainConfig), so always at or after the
+    best one, since the best qualifies."""
+    if val > top_map:
+        top_map, top_se = val, se
+    return top_map, top_se, val >= top_map - selection_se * top_se
+
+
+def check_resumable(ck: dict, path: Path, model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """A checkpoint continues only the run it was written by: same model shape, same method."""
+    if checkpoint_shape(ck) != model.shape():
+        raise ValueError(f"{path} was trained for {ck['shape']}, this run needs "
+                         f"{model.shape()}: use another --out or the same --bits/features")
+    method = (ck.get("config") or {}).get("method", "duch")
+    if method != cfg.method:
+        raise ValueError(f"{path} was trained with method {method!r}, this run is "
+                         f"{cfg.method!r}: use another --out or the same --method")
+
+
+def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume: bool = False,
+          log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+    """Train DUCH on the train split of `feats`; returns the validation-selected model (the
+    latest epoch within `cfg.selection_se` standard errors of the best validation mAP).
+    `cfg.method` "djsrh" or "jdsh" trains that baseline instead (hashing.baselines).
+
+    With `cfg.noise_rate`, wrong captions are injected into the training images first
+    (hashing.noise); with `cfg.robust`, each pair's inter-modal term is weighed by how much it
+    is trusted (hashing.robust; chnr adds `cfg.meta_epochs` of phase 1 before the main epochs).
+    `run_dir` receives `checkpoint.pt` every `checkpoint_every` epochs; `resume` continues from
+    it. `stop_after` ends the run after that many epochs (an interruption, for tests)."""
+    cfg.validate()
+    if cfg.method != "duch":  # DJSRH or JDSH: the same data, networks and selection
+        from duchkit.hashing.baselines import train_baseline
+
+        return train_baseline(cfg, feats, run_dir, resume, log, stop_after)
+    t_start = time.perf_counter()
+    device = torch.device(cfg.device)
+    seed_everything(cfg.seed)
+    data = training_data(cfg, feats, device, log)
+    feats, splits, noise_mask = data.feats, data.splits, data.noise_mask
+    x, x_aug, t, t_aug, trn_labels = data.x, data.x_aug, data.t, data.t_aug, data.trn_labels
+    val_query, val_database, n = data.val_query, data.val_database, len(splits["train"])
     n_views, n_caps, n_variants = x_aug.shape[1], t.shape[1], t_aug.shape[2]
 
     # ---- model, optimisers, binary targets, code buffers
@@ -173,9 +229,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
     if resume and ckpt_path and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, device)
-        if checkpoint_shape(ck) != model.shape():
-            raise ValueError(f"{ckpt_path} was trained for {ck['shape']}, this run needs "
-                             f"{model.shape()}: use another --out or the same --bits/features")
+        check_resumable(ck, ckpt_path, model, cfg)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         opt_d.load_state_dict(ck["opt_d"])
@@ -255,11 +309,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == total_epochs:
             val, se = validation_map(model, val_query, val_database, cfg.map_k).tolist()
             row["val_map"], row["val_se"] = val, se
-            if val > top_map:  # selection on the validation slice only
-                top_map, top_se = val, se
-            # the latest epoch within selection_se standard errors of the best (module config):
-            # the kept epoch is always at or after the best one, since the best qualifies
-            if val >= top_map - cfg.selection_se * top_se:
+            top_map, top_se, keep = select_epoch(val, se, top_map, top_se, cfg.selection_se)
+            if keep:
                 best_map, best_epoch = val, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(row)

@@ -103,7 +103,8 @@ def evaluate_run(run: Path, variant: str, k: int, relevance: str, echo: bool = T
     suffix = "" if own else f"-{variant}-{relevance}"
     if k != own_k:
         suffix += f"-k{k}"
-    title = f"DUCH {bits} bits, {relevance} relevance"
+    method = (info or {}).get("config", {}).get("method", "duch").upper()  # DJSRH, JDSH runs
+    title = f"{method} {bits} bits, {relevance} relevance"
     if one_of_all:
         suffix, title = suffix + "-one-caption", title + ", one caption per image"
     atomic_write_json(run / f"metrics{suffix}.json", {

@@ -1,4 +1,5 @@
-"""Train DUCH on an archive of embedding stages and write the run folder (run_folder.py).
+"""Train DUCH (or a baseline, TrainConfig.method) on an archive of embedding stages and write
+the run folder (run_folder.py).
 
     archive = load_archive(images_dir, texts_dir)         # pipelines.training_data
     metrics = train_run(archive, TrainConfig(bits=64), Path("runs/a"))
@@ -25,6 +26,9 @@ def train_run(archive, cfg, out: Path, resume: bool = False, say=print,
     return the standard evaluation. Shared by `duchkit train` and `duchkit study`; one writer
     per run folder. With a tuning budget (seconds) or a trial count, the settings are first
     chosen on the validation slice (hashing.tune) and the trials recorded in tune.json."""
+    if (tune_budget_s > 0 or tune_trials) and cfg.method != "duch":
+        raise ConfigError(f"duchkit train: --tune chooses DUCH's settings (temperature, loss "
+                          f"reduction, ...) by training DUCH; not with --method {cfg.method}")
     with folder_lock(out, "duchkit train"):
         tuning = None
         chosen = Path(out) / "tune.json"
@@ -75,8 +79,9 @@ def _train_run(archive, cfg, out: Path, resume: bool, say, tuning: dict | None =
         "splits": {k: len(v) for k, v in result.splits.items()}, "history": result.history,
         "checkpoint": checkpoint_record(out), **noise,
         **({"tuning": tuning} if tuning else {})})
-    say(f"trained {cfg.bits} bits, selected epoch {result.best_epoch} (validation mAP@{cfg.map_k} "
-        f"{result.best_val_map:.3f}) in {result.seconds:.1f} s -> {out}")
+    say(f"trained {cfg.method.upper()} {cfg.bits} bits, selected epoch {result.best_epoch} "
+        f"(validation mAP@{cfg.map_k} {result.best_val_map:.3f}) in {result.seconds:.1f} s -> "
+        f"{out}")
     return evaluate_run(out, "standard", cfg.map_k, "class" if archive.has_labels else "pair",
                         echo=say is print)
 

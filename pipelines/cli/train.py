@@ -1,6 +1,7 @@
-"""`duchkit train`: DUCH from embedding stage folders into a run folder.
+"""`duchkit train`: DUCH (or DJSRH / JDSH) from embedding stage folders into a run folder.
 
-    duchkit train --images DIR --texts DIR --out RUN [--bits 64] [--epochs 100] [--seed 0]
+    duchkit train --images DIR --texts DIR --out RUN [--method duch|djsrh|jdsh] [--bits 64]
+                  [--epochs 100] [--seed 0]
                   [--device auto|cpu|cuda] [--ablation DUCH-NA ...] [--resume] ...
 
 Every default is TrainConfig's (duchkit.hashing.config); the work is
@@ -17,11 +18,16 @@ from duchkit.pipelines.stage import ConfigError
 
 
 def register(sub) -> None:
-    from duchkit.hashing.config import (ABLATIONS, INPUT_NORMS, NOISE_MODES, ROBUST_MODES,
-                                        WEIGHT_MODES, TrainConfig)
+    from duchkit.hashing.config import (ABLATIONS, INPUT_NORMS, METHODS, NOISE_MODES,
+                                        ROBUST_MODES, WEIGHT_MODES, TrainConfig)
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train DUCH from embedding shards")
+    p = sub.add_parser("train", help="train DUCH (or a baseline: --method) from embedding "
+                       "shards")
+    p.add_argument("--method", choices=METHODS, default=d.method,
+                   help="duch; or the paper's unsupervised baselines djsrh (ICCV 2019) and jdsh "
+                   "(SIGIR 2020) on the same features, splits, networks and optimiser "
+                   "(duchkit.hashing.baselines); they use none of DUCH's loss options")
     p.add_argument("--images", type=Path, required=True, help="image embedding stage folder")
     p.add_argument("--texts", type=Path, required=True, help="text embedding stage folder")
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -106,7 +112,7 @@ def train_config(args: argparse.Namespace):
     from duchkit.hashing.config import TrainConfig
 
     device = resolve_device_option(args.device, "train")
-    cfg = TrainConfig(bits=args.bits, epochs=args.epochs, batch_size=args.batch_size,
+    cfg = TrainConfig(method=args.method, bits=args.bits, epochs=args.epochs, batch_size=args.batch_size,
                       hidden=args.hidden, input_norm=args.input_norm, seed=args.seed,
                       device=device, alpha=args.alpha,
                       beta=args.beta, gamma=args.gamma, lambda_image=args.lambda_image,
