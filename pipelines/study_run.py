@@ -234,7 +234,8 @@ def collect(study: Study) -> list[dict[str, Any]]:
             res = json.loads(path.read_text())["results"]
             row = {"cell": cell.id, "label": cell.label, "group": cell.group, "seed": seed,
                    "text_stage": cell.text_stage, "image_stage": cell.image_stage,
-                   "ablation": cell.ablation, "bits": train_value(cell, "bits"),
+                   "ablation": cell.ablation, "method": train_value(cell, "method"),
+                   "bits": train_value(cell, "bits"),
                    "series": cell.series, "x": cell.x}
             for task in ("i2t", "t2i", "i2i", "t2t"):
                 row[f"{task}_map"] = res[task]["map"]

@@ -1,6 +1,6 @@
 """The baselines of Tables IV/V, DJSRH and JDSH (hashing.baselines): they learn, they are
-deterministic and resumable, they refuse DUCH-only options, and `duchkit train --method` writes
-a run folder the rest of duchkit reads."""
+deterministic and resumable, they refuse DUCH-only options, `duchkit train --method` writes a
+run folder the rest of duchkit reads, and the table4 study prints the paper's figures for them."""
 import dataclasses
 import json
 import re
@@ -16,6 +16,7 @@ from duchkit.hashing.synthetic import class_structured
 from duchkit.hashing.train import TrainConfig, encode, load_model, train
 from duchkit.pipelines.cli import main
 from duchkit.pipelines.store import StageStore
+from duchkit.pipelines.study import builtin_study_path, load_study
 from duchkit.pipelines.training_data import load_archive
 from tests.duch_shards import write_stages
 
@@ -175,3 +176,38 @@ def test_cli_train_method_writes_a_run_folder_evaluate_reads(stages, tmp_path, c
     assert main(args[:6] + [str(tmp_path / "r3")] + args[7:]
                 + ["--method", "jdsh", "--tune-trials", "2"]) == 2
     assert "--tune" in capsys.readouterr().err and not (tmp_path / "r3" / "run.json").exists()
+
+
+def _table_iv_rows(text: str) -> dict[tuple[str, str], list[float]]:
+    """(task, method) -> the four figures of the paper's Table IV (UCMerced)."""
+    start = text.index("TABLE IV:")
+    block = text[start:text.index("TABLE V:", start)]
+    rows, task = {}, None
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 7 or not re.fullmatch(r"0\.\d+", cells[-1]):
+            continue
+        if cells[0]:  # "$I \to T$", then the T -> I rows
+            task = "i2t" if cells[0].startswith("$I") else "t2i"
+        rows[(task, cells[1].split(" [")[0])] = [float(c) for c in cells[-4:]]
+    return rows
+
+
+def test_table4_study_has_the_baselines_with_the_papers_figures(tmp_path, shared_data):
+    text = (shared_data.parent / "paper" / "duch-paper.txt").read_text()
+    table = _table_iv_rows(text)
+    assert table[("i2t", "DJSRH")] == [0.686, 0.711, 0.735, 0.754]  # the parser reads the table
+    study = load_study(builtin_study_path("table4"), overrides={"out": tmp_path})
+    by_label = {c.label: c for c in study.cells}
+    for name, method in (("DUCH", None), ("DJSRH", "djsrh"), ("JDSH", "jdsh")):
+        for col, bits in enumerate((16, 32, 64, 128)):
+            cell = by_label[f"{name} {bits} bits"]
+            # DUCH cells name no method, so their ids (and finished runs) are unchanged
+            assert cell.train == ({"bits": bits} if method is None
+                                  else {"bits": bits, "method": method})
+            key = "DUCH (proposed)" if name == "DUCH" else name
+            for task in ("i2t", "t2i"):
+                assert cell.paper[task] == pytest.approx(table[(task, key)][col]), \
+                    (cell.label, task)
+            if method:  # compared with DUCH at the same bit length
+                assert cell.reference == by_label[f"DUCH {bits} bits"].id
