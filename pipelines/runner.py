@@ -139,12 +139,18 @@ def ingest(spec: DatasetSpec, out: Path, shard_rows: int, lenient: bool,
 
 # ---------------------------------------------------------------- map stages
 
-def stage_fingerprint(entry: StageEntry, seed: int) -> str:
+def stage_fingerprint(entry: StageEntry, seed: int, input_shards: list[dict] | None = None
+                      ) -> str:
     """What a stage's output depends on besides its input shard: kind, version, parameters,
     models and seed. The input is fingerprinted per shard (its checksum, in each status file),
-    so an edited caption recomputes the shards it reaches and no others."""
+    so an edited caption recomputes the shards it reaches and no others. A `whole_input` stage
+    depends on every input shard (`input_shards`, the input manifest's): all their checksums
+    are part of its fingerprint."""
     st = entry.stage
-    return fingerprint(st.kind, getattr(st, "version", 1), st.params(), st.models(), seed)
+    parts = [st.kind, getattr(st, "version", 1), st.params(), st.models(), seed]
+    if st.whole_input and input_shards is not None:
+        parts.append([s["sha256"] for s in input_shards])
+    return fingerprint(*parts)
 
 
 def _tasks(entry: StageEntry, input_store: StageStore, store: StageStore, fp: str
@@ -166,7 +172,7 @@ def plan_stage(entry: StageEntry, out: Path, seed: int) -> StagePlan:
     if not input_store.is_complete():
         return StagePlan(entry.name, "new", 0, 0)
     in_manifest = input_store.manifest()
-    fp = stage_fingerprint(entry, seed)
+    fp = stage_fingerprint(entry, seed, in_manifest["shards"])
     todo, done = _tasks(entry, input_store, store, fp)
     total = len(in_manifest["shards"])
     if store.is_complete() and not todo and store.manifest().get("fingerprint") == fp:
@@ -183,7 +189,7 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     in_manifest = input_store.manifest()
     input_schema = input_store.schema()
     entry.stage.check_input(input_schema, f"stage '{entry.input}'")
-    fp = stage_fingerprint(entry, ctx.seed)
+    fp = stage_fingerprint(entry, ctx.seed, in_manifest["shards"])
     schema = with_stage_metadata(entry.stage.output_schema(input_schema), entry.name,
                                  entry.stage.params(), entry.stage.models())
     store.prepare()
@@ -198,6 +204,8 @@ def run_stage(entry: StageEntry, out: Path, ctx: StageContext, workers: int = 1,
     ctx = StageContext(ctx.seed, ctx.device, out / "_cache", store.root, ctx.log)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if todo and entry.stage.whole_input:
+        entry.stage.plan([input_store.root / s["file"] for s in in_manifest["shards"]], ctx)
     statuses = list(done)
     # rows/s and ETA over the rows still to compute; stages that call engines.report_rows per
     # batch move the bar within a shard, the others once per shard

@@ -88,6 +88,10 @@ class Stage:
     kind: ClassVar[str] = ""
     # Columns a stage needs in its input; checked before any work starts.
     requires: ClassVar[tuple[str, ...]] = ()
+    # A stage whose rows depend on other shards (an exact corpus-wide draw) sets this: the
+    # runner then calls `plan` with every input shard before any shard runs, and folds all input
+    # shards' checksums into the fingerprint, so a change anywhere recomputes every shard.
+    whole_input: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         """JSON-able parameters; part of the stage fingerprint, so a change invalidates output."""
@@ -102,6 +106,11 @@ class Stage:
 
     def setup(self, ctx: StageContext) -> None:
         """Load models; called once per worker process before `process`."""
+
+    def plan(self, input_paths: list[Path], ctx: StageContext) -> None:
+        """Corpus-wide preparation of a `whole_input` stage, from all its input shards, in the
+        runner's process before the engine starts: what it keeps on the stage travels to the
+        workers with the stage (pickled), so every engine sees the same plan."""
 
     def process(self, table: pa.Table, ctx: StageContext) -> pa.Table:
         raise NotImplementedError
