@@ -44,6 +44,11 @@ STAGES = {
     "embed-images": ("image_embeddings", "images", {"loader_workers": 0, "encoder_procs": 1},
                      {"input_size": 192}),
     "embed-texts": ("caption_embeddings", "bt", {}, {"pooling": "mean"}),
+    "corrupt-captions": ("noisy", "records",
+                         {"unit": "caption", "rates": {"replaced-caption": 0.2, "missing-char": 0.1,
+                                                       "swapped-char": 0.1, "duplicated-char": 0.1,
+                                                       "replaced-char": 0.1, "removed-token": 0.1}},
+                         {"edits_per_row": 2}),
 }
 
 
@@ -118,6 +123,8 @@ def test_stage_keeps_its_contract(full_run, kind):
     ctx = StageContext(seed=config.run.seed, device="cpu", cache_dir=out / "_cache",
                        stage_dir=out / name)
     fresh.setup(ctx)
+    if fresh.whole_input:  # a corpus-wide draw: planned over every input shard, as the runner does
+        fresh.plan(input_store.shard_paths(), ctx)
     index = len(input_store.shard_paths()) - 1
     raw = fresh.process(pq.read_table(input_store.shard_paths()[index]), ctx)
     for field in declared:

@@ -18,6 +18,7 @@ BUILTIN = {
     "embed-images": "duchkit.pipelines.stages.embed:EmbedImages",
     "embed-texts": "duchkit.pipelines.stages.embed:EmbedTexts",
     "rule-augment": "duchkit.pipelines.stages.rule_augment:RuleAugment",
+    "corrupt-captions": "duchkit.pipelines.stages.corrupt_captions:CorruptCaptions",
 }
 
 
