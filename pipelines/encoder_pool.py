@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from duchkit.pipelines.engines import report_rows
 from duchkit.pipelines.view_loader import ViewDataset, default_batch_size, loader_context
 
 if TYPE_CHECKING:
@@ -84,4 +85,8 @@ class EncoderPool:
                               dataset.specs[i:i + c], dataset.input_size)
                   for i in range(0, len(dataset), c)]
         futures = [self.executor.submit(_proc_encode, c, precision, batch) for c in chunks]
-        return np.concatenate([f.result() for f in futures])
+        out = []
+        for f in futures:  # in input order; the progress bar moves per chunk, not per shard
+            out.append(f.result())
+            report_rows(len(out[-1]))
+        return np.concatenate(out)

@@ -61,6 +61,20 @@ def report_rows(n: int) -> None:
         sink(index, int(n))
 
 
+def in_blocks(texts: list[str], rows: int, block: int = 2048):
+    """Yield index lists over `texts` in blocks of `block`, identical texts adjacent (so a
+    stage that deduplicates within a call still meets each text about once), and report the
+    shard's `rows` in proportion as each block is handed back finished: for stages that process
+    a whole shard in one batched call, so their progress bar moves within the shard."""
+    order = sorted(range(len(texts)), key=texts.__getitem__)
+    done = 0
+    for start in range(0, len(order), block):
+        yield order[start:start + block]
+        now = rows * min(len(order), start + block) // len(order)
+        report_rows(now - done)
+        done = now
+
+
 def run_shard(stage: Stage, ctx: StageContext, schema: pa.Schema, task: ShardTask,
               on_rows: Callable[[int, int], None] | None = None) -> ShardStatus:
     start = time.perf_counter()

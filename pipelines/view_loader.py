@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from duchkit.pipelines.engines import report_rows
+
 
 def default_loader_workers(device: str) -> int:
     """CUDA: all cores but one decode: the GPU encodes far faster than a core decodes. CPU: the
@@ -112,5 +114,9 @@ def encode_in_process(dataset: ViewDataset, enc, device: str, precision: str, ba
                         pin_memory=device == "cuda", worker_init_fn=_worker_init,
                         prefetch_factor=4 if workers else None,
                         multiprocessing_context=loader_context() if workers else None)
+    out = []
     with _cpu_threads_beside(workers if device == "cpu" else 0):
-        return np.concatenate([enc.encode(b, device, precision) for b in loader])
+        for b in loader:
+            out.append(enc.encode(b, device, precision))
+            report_rows(len(out[-1]))
+    return np.concatenate(out)

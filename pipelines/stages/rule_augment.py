@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from duchkit.pipelines.engines import in_blocks
 from duchkit.pipelines.model_sources import ModelSource, parse_source
 from duchkit.pipelines.schema import TEXT_VARIANT_FIELDS
 from duchkit.pipelines.stage import ConfigError, Stage, StageContext
@@ -256,7 +257,12 @@ class RuleAugment(Stage):
         captions = [texts[i] for i in rows]
         rngs = ([ctx.rng_for(ids[i], int(k)) for i, k in zip(rows, variant)]
                 if self.choice == "random" else None)
-        results = self._augmenter.augment(captions, rngs)
+        results: list = [None] * len(captions)
+        for idx in in_blocks(captions, table.num_rows):  # the bar moves per block of captions
+            block = self._augmenter.augment([captions[i] for i in idx],
+                                            [rngs[i] for i in idx] if rngs else None)
+            for i, r in zip(idx, block):
+                results[i] = r
         truncated = sum(r.scoring_truncated for r in results)
         if truncated:
             ctx.log.warning("rule-augment: %d caption(s) longer than the BERTScore encoder's "
