@@ -392,3 +392,38 @@ def test_cli_subcommands_chain_on_the_mini_dataset(mini_dataset, tmp_path, capsy
     assert meta[b"pooling"] == b"cls" and meta[b"dim"] == b"32"
     assert cli_main(["augment-images", "--setup", "Mosaic"] + args) == 2
     assert "augmentation" in capsys.readouterr().err
+
+
+def test_view_zero_is_encoded_once_per_output_folder(mini_dataset, tmp_path, monkeypatch):
+    """Every setup's view 0 is the same centre crop: a second embed-images stage with the same
+    encoder in the same folder takes it from the clean-view cache (a study encodes it once,
+    not once per setup); another encoder, or a changed image file, encodes it again."""
+    import duchkit.pipelines.stages.embed as embed
+
+    config = load_config(mini_dataset / "run.toml", {"out": tmp_path})
+    config.stages = config.stages[:1]
+    run_pipeline(config, progress=False)
+    views = read_stage(tmp_path, "images")  # 6 images x views 0, 1, 2
+    encoded: list[int] = []
+    real = embed.encode_in_process
+    monkeypatch.setattr(embed, "encode_in_process", lambda ds, *a, **k: (
+        encoded.append(sum(len(s) for s in ds.specs)), real(ds, *a, **k))[1])
+    ctx = StageContext(cache_dir=tmp_path / "_cache")
+
+    def run(**kw):
+        out = EmbedImages(batch_size=4, encoder_procs=1, **kw).process(views, ctx)
+        return np.array(out.column("image_embedding").to_pylist())
+
+    first, second = run(), run()
+    assert encoded == [18, 12]  # the second stage encoded views 1 and 2 only
+    np.testing.assert_array_equal(first, second)
+    run(input_size=192)  # another encoder identity: nothing to reuse
+    assert encoded[-1] == 18
+    image = Path(views.column("image_path")[0].as_py())
+    copy = tmp_path / "copy.jpg"
+    copy.write_bytes(image.read_bytes())
+    views = views.set_column(views.column_names.index("image_path"), "image_path",
+                             pa.array([str(copy) if p == str(image) else p
+                                       for p in views.column("image_path").to_pylist()]))
+    run()  # a different file for one image: its view 0 is encoded again, the others reused
+    assert encoded[-1] == 12 + 1

@@ -20,14 +20,18 @@ before the parameter existed keep their fingerprints.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from duchkit.augment.caption_text import normalise
+from duchkit.pipelines.embedding_cache import EmbeddingCache, view_key
+from duchkit.pipelines.engines import report_rows
 from duchkit.pipelines.encoder_pool import EncoderPool, default_encoder_procs
 from duchkit.pipelines.encoders import POOLINGS, PRECISIONS, load_image_encoder, load_text_encoder
 from duchkit.pipelines.model_sources import parse_source
@@ -163,13 +167,15 @@ class EmbedImages(_ModelStage):
         ids = table.column("image_id").to_pylist()
         paths = table.column("image_path").to_pylist()
         specs = table.column("view_spec").to_pylist()
+        out = np.zeros((table.num_rows, enc.dim), np.float32)
+        clean = self._clean_views(table, ctx, enc.dim, out)  # view 0: maybe encoded already
         groups: dict[str, list[int]] = {}
         for row, image_id in enumerate(ids):
-            groups.setdefault(image_id, []).append(row)
+            if row not in clean.done:
+                groups.setdefault(image_id, []).append(row)
         order = list(groups.values())
         dataset = ViewDataset([paths[g[0]] for g in order], list(groups),
                               [[specs[r] for r in g] for g in order], enc.input_size)
-        out = np.zeros((table.num_rows, enc.dim), np.float32)
         flat = [r for g in order for r in g]  # the dataset's views, in the order they come back
         try:
             if not flat:  # an empty shard: nothing to decode
@@ -181,8 +187,46 @@ class EmbedImages(_ModelStage):
                                               self.batch_size, self.loader_workers, len(flat))
         except BadImage as exc:  # re-raised from a worker with its traceback appended
             raise ConfigError(f"embed-images: {str(exc).strip().splitlines()[-1]}") from None
+        clean.store(out)
         keep = [n for n in table.column_names if n not in (IMAGE_EMBEDDING, "pixels")]
         return table.select(keep).append_column(IMAGE_EMBEDDING, fixed_size_list(out))
+
+
+    def _clean_views(self, table: pa.Table, ctx: StageContext, dim: int, out: np.ndarray
+                     ) -> "_CleanViews":
+        """Fill `out` with the view-0 embeddings another embed-images stage of this output
+        folder already computed with the same encoder (pipelines.embedding_cache); the rest
+        of view 0 is stored once this shard is encoded."""
+        rows = [r for r, v in enumerate(table.column("view_index").to_pylist()) if v == 0]
+        if ctx.cache_dir is None or not rows:
+            return _CleanViews(None, "", {}, set())
+        cache = EmbeddingCache(Path(ctx.cache_dir) / "clean_view_embeddings.sqlite")
+        identity = {k: v for k, v in self.params().items()
+                    if k not in ("batch_size", "loader_workers")}
+        namespace = json.dumps({**identity, "models": self.models(), "device": ctx.device},
+                               sort_keys=True)
+        paths = table.column("image_path").to_pylist()
+        specs = table.column("view_spec").to_pylist()
+        keys = {r: view_key(paths[r], specs[r]) for r in rows}
+        found = cache.lookup(namespace, list(keys.values()), dim)
+        done = {r for r in rows if keys[r] in found}
+        for r in done:
+            out[r] = found[keys[r]]
+        report_rows(len(done))
+        return _CleanViews(cache, namespace, {r: k for r, k in keys.items() if r not in done},
+                           done)
+
+
+@dataclass
+class _CleanViews:
+    cache: EmbeddingCache | None
+    namespace: str
+    missing: dict[int, str]  # row -> view key, for the view-0 rows this shard encodes
+    done: set[int]           # rows filled from the cache
+
+    def store(self, out: np.ndarray) -> None:
+        if self.cache is not None:
+            self.cache.store(self.namespace, {k: out[r] for r, k in self.missing.items()})
 
 
 # ---------------------------------------------------------------- texts
@@ -246,7 +290,7 @@ class EmbedTexts(_ModelStage):
         texts = {c: [self.preprocess(t or "") for t in table.column(c).to_pylist()]
                  for c in columns}
         unique = list(dict.fromkeys(t for c in columns for t in texts[c]))  # encode once each
-        vectors = enc.encode(unique, ctx.device, self.batch_size, self.precision)
+        vectors = self._encode_reporting(enc, unique, table.num_rows, ctx.device)
         long = enc.over_length(unique)
         index = {t: i for i, t in enumerate(unique)}
         keep = [n for n in table.column_names
@@ -262,6 +306,23 @@ class EmbedTexts(_ModelStage):
             ctx.log.warning("embed-texts: %d caption(s) longer than max_length %d tokens were "
                             "cut (column %s)", int(cut.sum()), self.max_length, TRUNCATED)
         return out.append_column(TRUNCATED, pa.array(cut, pa.bool_()))
+
+    def _encode_reporting(self, enc, unique: list[str], rows: int, device: str) -> np.ndarray:
+        """enc.encode in blocks of 16 batches, so the progress bar moves within a shard (rows
+        reported in proportion to the distinct texts done); blocks this large keep the encoder's
+        length-sorted batches nearly as full as one call over the shard."""
+        step = 16 * self.batch_size
+        if len(unique) <= step:
+            vectors = enc.encode(unique, device, self.batch_size, self.precision)
+            report_rows(rows)
+            return vectors
+        parts, done = [], 0
+        for i in range(0, len(unique), step):
+            parts.append(enc.encode(unique[i:i + step], device, self.batch_size, self.precision))
+            now = rows * min(len(unique), i + step) // len(unique)
+            report_rows(now - done)
+            done = now
+        return np.concatenate(parts)
 
     def summarise(self, shard_paths) -> dict:
         """How many rows had a caption cut at max_length, for the manifest."""
