@@ -5,7 +5,8 @@ and a report laid out like the paper's tables and figures.
                                      the paper's numbers), reference (see below), workers
                                      (cells trained at once, CPU; default 1), threads (torch
                                      threads per training; default torch's own, 1 with
-                                     workers: small archives train fastest on one thread)
+                                     workers: small archives train fastest on one thread),
+                                     protocol (PROTOCOLS, below; `--protocol` overrides it)
     [dataset] / [run]                as in a pipeline config (default: the embedded demo)
     [embed]                          image_model, text_model, text_pooling
     [train]                          TrainConfig values shared by every cell
@@ -26,6 +27,13 @@ stage of a kind (models, thresholds, ...) are the defaults of every study varian
 its embed-images / embed-texts stages give the encoders (where the study's [embed] names
 none). What the study sets itself wins; `Study.notes` says what was carried and what ignored.
 
+`protocol = "paper"` trains and scores every cell as the paper's figures were made
+(PAPER_TRAIN: one seeded caption per image, the only one trained on and coded, so a run's own
+metrics.json is the one-caption evaluation; constant beta/gamma). Its cells and report live
+under `study/<name>-paper/`, its cell ids name the protocol: never a default-protocol run's.
+The paper's figures are printed beside the cells only when the study's dataset (`[dataset]
+name`) is the archive they were measured on (`paper_shown`).
+
 Every variant becomes stages named after their content (`text-<hash>`, `image-<hash>`, ...), so
 cells that share a text or image variant share its shards: each is computed once, in one run of
 the stage runner, and reused by later runs. A cell x seed is done when its `metrics.json`
@@ -37,6 +45,7 @@ writes the report, study_plots.py draws its figures.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -50,6 +59,24 @@ BUILTIN_STUDIES = ("demo", "table2", "table2-offline", "table3", "table4", "fig4
                    "noise")
 TASKS = ("i2t", "t2i")
 DEFAULT_SEEDS = [0, 1, 2]
+# How the cells are trained and scored (`[study] protocol`, `duchkit study --protocol`): the
+# names and meaning of benchmarks/duch_quality.py's --protocol. "duchkit" (the default) leaves
+# the cells' settings alone; "paper" fixes PAPER_TRAIN in every cell.
+PROTOCOLS = ("duchkit", "paper")
+DEFAULT_PROTOCOL = "duchkit"
+# one seeded caption per image (trained on and the only one coded: the run's own evaluation is
+# the one-caption one) and beta/gamma constant over bit lengths (the paper's literal reading)
+PAPER_TRAIN = {"captions_per_image": 1, "weights_ref_bits": 0}
+PROTOCOL_TEXT = {
+    "duchkit": "duchkit's defaults: every caption trained on (one drawn per image each epoch) "
+               "and scored, beta/gamma scaled by 64/K at K bits; the paper's figures were made "
+               "under `--protocol paper`.",
+    "paper": "as the paper's figures were made: one seeded caption per image, the only one "
+             "trained on and scored (the one-caption evaluation), beta/gamma constant "
+             "(weights_ref_bits = 0).",
+}
+# other names of an archive in dataset names (compared without separators, lower case)
+DATASET_ALIASES = {"ucm": ("ucmerced",)}
 # the keys of a user's pipeline stage that are not parameters of the stage
 _ENTRY_KEYS = ("name", "kind", "input")
 
@@ -87,6 +114,7 @@ class Study:
     notes: list[str] = field(default_factory=list)  # what --dataset carried and ignored
     threads: int | None = None  # torch threads while training the cells (None: torch's)
     workers: int = 1            # cells x seeds trained at once (processes, on the CPU)
+    protocol: str = DEFAULT_PROTOCOL  # PROTOCOLS: how every cell is trained and scored
 
     def cell(self, cell_id: str) -> Cell:
         return next(c for c in self.cells if c.id == cell_id)
@@ -179,8 +207,33 @@ class _Carried:
         return notes
 
 
+def check_protocol(value: Any, where: str) -> str:
+    if value not in PROTOCOLS:
+        raise ConfigError(f"{where}: protocol = {value!r}: one of {', '.join(PROTOCOLS)} "
+                          f"(default {DEFAULT_PROTOCOL})")
+    return value
+
+
+def protocol_train(train: dict[str, Any], protocol: str, where: str) -> dict[str, Any]:
+    """A cell's training values under `protocol`: the paper protocol fixes PAPER_TRAIN (a
+    baseline, which has no beta/gamma and refuses the setting, keeps weights_ref_bits); a cell
+    that sets one of them otherwise is refused, not silently changed."""
+    if protocol == DEFAULT_PROTOCOL:
+        return train
+    fixed = dict(PAPER_TRAIN)
+    if train.get("method", "duch") != "duch":
+        del fixed["weights_ref_bits"]
+    clash = [f"{k} = {train[k]!r}" for k in fixed if k in train and train[k] != fixed[k]]
+    if clash:
+        raise ConfigError(f"{where}: [train] {', '.join(clash)} under protocol {protocol!r}, "
+                          "which fixes " + ", ".join(f"{k} = {v!r}" for k, v in fixed.items())
+                          + ": remove the setting, or use protocol \"duchkit\"")
+    return {**train, **fixed}
+
+
 def load_study(path: Path, dataset_from: Path | None = None,
-               overrides: dict[str, Any] | None = None) -> Study:
+               overrides: dict[str, Any] | None = None, protocol: str | None = None) -> Study:
+    """The study at `path`; `protocol` (PROTOCOLS) overrides its [study] protocol."""
     path = Path(path).resolve()
     data = read_config_file(path)
     where = str(path)
@@ -193,9 +246,13 @@ def load_study(path: Path, dataset_from: Path | None = None,
     # [run] settings (shard size above all) come from the pipeline the study builds on, so
     # that its shards are the pipeline's own and are reused, not recomputed in another layout.
     unknown = sorted(set(study) - {"name", "title", "seeds", "paper", "pipeline", "reference",
-                                   "threads", "workers"})
+                                   "threads", "workers", "protocol"})
     if unknown:
         raise ConfigError(f"{where}: [study]: unknown field(s) {unknown}")
+    if protocol is not None:
+        protocol = check_protocol(protocol, "--protocol")
+    else:
+        protocol = check_protocol(study.get("protocol", DEFAULT_PROTOCOL), f"{where}: [study]")
     run_values: dict[str, Any] = {}
     carried = _Carried([], "")
     if dataset_from is not None:  # the dataset of another (pipeline) config
@@ -293,10 +350,13 @@ def load_study(path: Path, dataset_from: Path | None = None,
             raise ConfigError(f"{here}: needs 'text' and 'image'")
         t = variant_stages("text", c["text"], here)
         im = variant_stages("image", c["image"], here)
-        train = {**base_train, **(c.get("train") or {})}
+        train = protocol_train({**base_train, **(c.get("train") or {})}, protocol,
+                               f"{here} ({c.get('label', '')})")
         ablation = c.get("ablation", "DUCH")
         check_train(train, ablation, f"{here} ({c.get('label', '')})")
-        cid = _hash([t, im, train, ablation])  # equal cells share their runs
+        # equal cells share their runs; another protocol's never do (the default's ids unchanged)
+        cid = _hash([t, im, train, ablation] + ([protocol] if protocol != DEFAULT_PROTOCOL
+                                                 else []))
         cells.append(Cell(cid, c.get("label", cid), c.get("group", ""), t, im, train, ablation,
                           dict(c.get("paper") or {}), c.get("series"), c.get("x"),
                           c["text"] if isinstance(c["text"], str) else "",
@@ -312,10 +372,13 @@ def load_study(path: Path, dataset_from: Path | None = None,
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                   or value < 1):
             raise ConfigError(f"{where}: [study] {key} must be a positive integer")
-    return Study(study.get("name", path.stem), study.get("title", path.stem), list(seeds),
+    name = study.get("name", path.stem)
+    if protocol != DEFAULT_PROTOCOL:  # its own folder: runs and report beside the default's
+        name = f"{name}-{protocol}"
+    return Study(name, study.get("title", path.stem), list(seeds),
                  study.get("paper", ""), pipeline, cells, where,
                  carried.summary(Path(dataset_from).name) if dataset_from else [], threads,
-                 workers)
+                 workers, protocol)
 
 
 def check_train(train: dict[str, Any], ablation: str, where: str) -> None:
@@ -369,12 +432,13 @@ def with_extra_seeds(study: Study, seeds: list[int]) -> Study:
 
 def prepare_study(name_or_path: str | Path, dataset_from: Path | None = None,
                   overrides: dict[str, Any] | None = None,
-                  seeds: list[int] | None = None) -> Study:
+                  seeds: list[int] | None = None, protocol: str | None = None) -> Study:
     """A built-in study by name (BUILTIN_STUDIES) or a study config file, on the dataset of
-    `dataset_from` if given, with run overrides (out, device, engine, ...) and seeds."""
+    `dataset_from` if given, with run overrides (out, device, engine, ...), seeds and protocol
+    (None: the file's, else duchkit's)."""
     path = (builtin_study_path(str(name_or_path)) if str(name_or_path) in BUILTIN_STUDIES
             else Path(name_or_path))
-    study = load_study(path, dataset_from, overrides or {})
+    study = load_study(path, dataset_from, overrides or {}, protocol)
     if seeds:
         study.seeds = list(seeds)
     return study
@@ -395,3 +459,21 @@ def stage_chain(study: Study, name: str) -> list[str]:
         chain.append(name)
         name = by_name[name].input
     return chain
+
+
+def paper_dataset(study: Study) -> str:
+    """The archive the study's paper figures were measured on: [study] paper up to its first
+    comma or bracket ("UCM, CHNR's curves" -> "UCM")."""
+    return re.split(r"[,;(]", study.paper_archive)[0].strip()
+
+
+def paper_shown(study: Study) -> bool:
+    """Whether the paper's figures belong beside the cells: the study's dataset name (`[dataset]
+    name`, else the captions' folder name) names the archive they were measured on, as a word
+    of it ("ucm", "UCM_captions", "ucm-demo") or by an alias (DATASET_ALIASES)."""
+    want = re.sub(r"[^a-z0-9]", "", paper_dataset(study).lower())
+    if not want:
+        return False
+    words = [w for w in re.split(r"[^a-z0-9]+", str(study.pipeline.dataset.name).lower()) if w]
+    joined = "".join(words)
+    return want in words or any(a in joined for a in DATASET_ALIASES.get(want, ()))

@@ -17,7 +17,8 @@ from pathlib import Path
 from duchkit.pipelines.report_html import render as render_html
 from duchkit.pipelines.stats import (format_difference, format_mean_std, paired_difference)
 from duchkit.pipelines.store import atomic_write_bytes, atomic_write_json
-from duchkit.pipelines.study import TASKS, Cell, Study, stage_chain, train_value
+from duchkit.pipelines.study import (PROTOCOL_TEXT, TASKS, Cell, Study, paper_dataset,
+                                     paper_shown, stage_chain, train_value)
 from duchkit.pipelines.study_plots import study_plots
 
 MIN_SEEDS = 3  # below this the report says the intervals are wide or missing
@@ -122,7 +123,9 @@ def write_report(study: Study, rows: list[dict], timing: dict,
     for r in rows:
         by_cell.setdefault(r["cell"], []).append(r)
     paper = study.paper_archive
+    shown = bool(paper) and paper_shown(study)
     lines = [f"# {study.title}", "",
+             f"Protocol: {study.protocol}, {PROTOCOL_TEXT[study.protocol]}",
              f"mAP@{k} (standard AP@K, validation-selected epoch), mean ± std over seeds "
              f"{study.seeds}; class-label relevance; split 50/10/40 by image, drawn by the seed.",
              "Δ: the paired difference to the reference cell over the same seeds (so the same "
@@ -130,11 +133,19 @@ def write_report(study: Study, rows: list[dict], timing: dict,
              f"difference at this number of seeds. Reference: {_references(study) or '-'}.",
              f"Dataset: {study.pipeline.dataset.name} "
              f"({Path(study.pipeline.dataset.captions).resolve()}).", ""]
+    if paper and not shown:  # a figure of another archive is no yardstick for these cells
+        lines[-1:-1] = [f"Paper figures not shown: they are {paper_dataset(study)}'s and this "
+                        f"study runs on {study.pipeline.dataset.name} (`[dataset] name` says "
+                        "which archive a dataset is)."]
     head = "| group | setup | bits | seeds | I→T | Δ I→T | T→I | Δ T→I |"
     sep = "|---|---|---|---|---|---|---|---|"
-    if paper:
+    if shown:
         head += f" I→T paper ({paper}) | T→I paper ({paper}) |"
         sep += "---|---|"
+    elif paper:
+        head += (f" paper: {paper_dataset(study)}; this study: "
+                 f"{study.pipeline.dataset.name} |")
+        sep += "---|"
     lines += [head, sep]
     for cell in study.cells:
         rs = by_cell.get(cell.id, [])
@@ -145,9 +156,11 @@ def write_report(study: Study, rows: list[dict], timing: dict,
                     mean_std([r["t2i_map"] for r in rs]), difference(cell, by_cell, "t2i")]
         line = (f"| {cell.group} | {cell.label} | {train_value(cell, 'bits')} | {len(rs)} | "
                 + " | ".join(vals) + " |")
-        if paper:
+        if shown:
             line += "".join(f" {cell.paper[t]:.3f} |" if t in cell.paper else " - |"
                             for t in TASKS)
+        elif paper:
+            line += " not shown |" if cell.paper else " - |"
         lines.append(line)
     if len(study.seeds) < MIN_SEEDS:
         lines += ["", f"Only {len(study.seeds)} seed(s): the intervals are wide (2 seeds) or "
@@ -195,6 +208,7 @@ def write_report(study: Study, rows: list[dict], timing: dict,
     atomic_write_bytes(folder / "cells.csv", buf.getvalue().encode())
     atomic_write_json(folder / "study.json", {
         "name": study.name, "title": study.title, "seeds": study.seeds, "source": study.source,
+        "protocol": study.protocol, "paper_shown": shown,
         "cells": [c.__dict__ for c in study.cells], "failed": failed, "notes": study.notes,
         "differences": differences(study, rows),
         "timing": {k: v for k, v in timing.items() if k != "manifests"},

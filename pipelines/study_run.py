@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from duchkit.pipelines.stage import ConfigError
-from duchkit.pipelines.study import Cell, Study, stage_chain, train_value
+from duchkit.pipelines.study import DEFAULT_PROTOCOL, Cell, Study, stage_chain, train_value
 from duchkit.pipelines.study_report import write_report
 
 log = logging.getLogger("duchkit")
@@ -231,7 +231,14 @@ def collect(study: Study) -> list[dict[str, Any]]:
             path = out / "study" / study.name / cell.id / f"seed-{seed}" / "metrics.json"
             if not path.exists():
                 continue
-            res = json.loads(path.read_text())["results"]
+            metrics = json.loads(path.read_text())
+            if study.protocol != DEFAULT_PROTOCOL and not str(
+                    metrics.get("captions", "")).startswith("one"):
+                # a paper-protocol run codes one caption per image: its own evaluation is the
+                # one-caption one; anything else is not a figure of this protocol
+                raise ConfigError(f"{path}: scored on {metrics.get('captions')!r} captions, not "
+                                  f"one per image as protocol {study.protocol!r} is")
+            res = metrics["results"]
             row = {"cell": cell.id, "label": cell.label, "group": cell.group, "seed": seed,
                    "text_stage": cell.text_stage, "image_stage": cell.image_stage,
                    "ablation": cell.ablation, "method": train_value(cell, "method"),

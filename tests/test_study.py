@@ -19,7 +19,7 @@ GRID = """
 name = "grid"
 title = "tiny grid"
 seeds = [0]
-paper = "RSICD"
+paper = "UCM"
 
 [run]
 shard_rows = 300
@@ -106,14 +106,14 @@ def test_report_has_every_cell_and_the_paper_numbers(grid):
     report = first["report"].read_text()
     for cell in study.cells:
         assert f"| {cell.group} | {cell.label} | 16 | 1 |" in report
-    assert "0.801" in report and "I→T paper (RSICD)" in report
+    assert "0.801" in report and "I→T paper (UCM)" in report
     csv_rows = (first["report"].parent / "cells.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + 4
     assert (first["report"].parent / "pk_curves.png").stat().st_size > 1000
     page = (first["report"].parent / "report.html").read_text()
     for cell in study.cells:
         assert f"<td>{cell.group}</td><td>{html.escape(cell.label, quote=False)}</td>" in page
-    assert "<th>I→T paper (RSICD)</th>" in page and "0.801" in page
+    assert "<th>I→T paper (UCM)</th>" in page and "0.801" in page
     assert '<img alt="pk_curves" src="data:image/png;base64,' in page  # inlined, one file
     # mAP values are real numbers in [0, 1]
     for r in first["rows"]:
@@ -140,6 +140,29 @@ def test_rerun_resumes_and_extends_only_what_is_missing(grid):
     extended = run_study(more, progress=False, say=lambda s: None)
     assert extended["trained"] == 4
     assert "| Image | none + lower | 16 | 2 |" in extended["report"].read_text()
+
+
+def test_paper_protocol_reuses_the_stages_and_never_the_runs(grid):
+    """--protocol paper on the same output folder: the shards are reused, every distinct cell
+    trains again (one caption per image, constant beta/gamma) into study/grid-paper/, and its
+    runs are scored on the one caption per image; the default protocol's runs are untouched."""
+    root, cfg, study, _ = grid
+    out = root / "out"
+    paper = load_study(cfg, overrides={"out": out}, protocol="paper")
+    result = run_study(paper, progress=False, say=lambda s: None)
+    assert result["trained"] == 4 and not result["failed"]
+    folder = out / "study" / "grid-paper"
+    stages = json.loads((folder / "study.json").read_text())["stages"]
+    assert all(s["shards_computed"] == 0 for n, s in stages.items() if n != "records")
+    for cell in paper.cells:
+        run = folder / cell.id / "seed-0"
+        config = json.loads((run / "run.json").read_text())["config"]
+        assert (config["captions_per_image"], config["weights_ref_bits"]) == (1, 0)
+        assert json.loads((run / "metrics.json").read_text())["captions"].startswith("one")
+        assert not (out / "study" / "grid" / cell.id).exists()
+    report = result["report"].read_text()
+    assert result["report"].parent == folder and "Protocol: paper" in report
+    assert "0.801" in report  # the embedded demo is UCM's: the paper's figure beside it
 
 
 def test_builtin_studies_load(tmp_path):

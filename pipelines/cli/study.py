@@ -1,6 +1,7 @@
 """`duchkit study --config NAME|FILE`: the augmentation comparison study.
 
     duchkit study --config table2-offline [--dataset my.toml] [--seeds 0,1,2] [--dry-run]
+                  [--protocol duchkit|paper]
 
 Exit status 1 when a cell failed (the report names it and why; the other cells ran).
 
@@ -17,7 +18,7 @@ from duchkit.pipelines.stage import ConfigError
 
 
 def register(sub) -> None:
-    from duchkit.pipelines.study import BUILTIN_STUDIES
+    from duchkit.pipelines.study import BUILTIN_STUDIES, PROTOCOLS
 
     p = sub.add_parser("study", help="the augmentation comparison study: a grid of variants, "
                        "DUCH per cell and seed, a report")
@@ -30,6 +31,11 @@ def register(sub) -> None:
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--seeds", help="comma-separated seeds, replacing [study] seeds "
                    "(runs already done are reused)")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="duchkit: duchkit's training and "
+                   "evaluation (all captions, beta/gamma scaled by 64/K); paper: as the paper's "
+                   "figures were made (one caption per image, constant beta/gamma, the "
+                   "one-caption evaluation), in study/<name>-paper/. Default: [study] protocol, "
+                   "else duchkit")
     p.add_argument("--dry-run", action="store_true", help="list the stages and cells")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
@@ -45,15 +51,17 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from duchkit.pipelines.study import prepare_study
+    from duchkit.pipelines.study import PROTOCOL_TEXT, prepare_study
     from duchkit.pipelines.study_run import run_study
 
     overrides = {"out": args.out, "device": args.device}
-    study = prepare_study(args.config, args.dataset, overrides, parse_seeds(args.seeds))
+    study = prepare_study(args.config, args.dataset, overrides, parse_seeds(args.seeds),
+                          args.protocol)
     for note in study.notes:  # what --dataset carried into the variants, and what it ignored
         print(note)
     if args.dry_run:
         print(f"study {study.name}: {len(study.cells)} cell(s) x seeds {study.seeds}")
+        print(f"  protocol {study.protocol}: {PROTOCOL_TEXT[study.protocol]}")
         for e in study.pipeline.stages:
             print(f"  stage {e.name:<32} {e.stage.kind} <- {e.input}")
         for c in study.cells:
