@@ -42,12 +42,18 @@ Choices the paper leaves open, made here and recorded per row:
   - ties in F1 go to the candidate with the higher GloVe similarity;
   - the text outside the replaced token is kept byte for byte (no re-detokenisation), so an
     output has " ." only where the input had it.
+
+Every GloVe candidate of every marked token that was reached (all of them, unless
+`max_replacements` stopped the caption early) is recorded in `RuleResult.candidates` with what
+happened to it (CANDIDATE_OUTCOMES: a function word, not a single token, another POS tag in the
+substituted sentence, BERTScore F1 under the threshold, passed but not chosen, chosen), from the
+tags and scores the rounds compute anyway: the record costs no model call.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -82,6 +88,16 @@ UNKNOWN_WORDS = "unknown_words"     # every marked word lacks a GloVe vector (e.
 NO_CANDIDATES = "no_candidates"     # candidates existed, none passed the filters
 REASONS = (CHANGED, EMPTY, NO_WORDS, NO_MARKED, UNKNOWN_WORDS, NO_CANDIDATES)
 
+# What happened to one GloVe candidate of a marked token (one per Candidate).
+FUNCTION_WORD = "function_word"     # a closed-class word (FUNCTION_WORDS): never tried
+NOT_A_TOKEN = "not_single_token"    # "u.s.", punctuation: not one token of tokenize()
+POS_CHANGED = "pos_changed"         # tagged otherwise in the substituted sentence (`tag`)
+BELOW_THRESHOLD = "below_bertscore"  # BERTScore F1 against the original < the threshold
+NOT_CHOSEN = "not_chosen"           # passed every filter, another candidate was chosen
+CHOSEN = "chosen"                   # the replacement (== a Replacement of the result)
+CANDIDATE_OUTCOMES = (FUNCTION_WORD, NOT_A_TOKEN, POS_CHANGED, BELOW_THRESHOLD, NOT_CHOSEN,
+                      CHOSEN)
+
 
 @dataclass(frozen=True)
 class RuleConfig:
@@ -107,12 +123,28 @@ class Replacement:
     bertscore_f1: float
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One GloVe candidate for the marked token at `position`, and its outcome."""
+
+    position: int          # token index in tokenize(caption)
+    old: str               # the marked token
+    candidate: str         # the neighbour, in the token's case pattern
+    glove_similarity: float
+    outcome: str           # CANDIDATE_OUTCOMES
+    old_tag: str           # the token's POS tag in the original caption
+    tag: str = ""          # the candidate's tag in the substituted sentence ("": not tagged)
+    bertscore_f1: float | None = None  # against the original caption (None: not scored)
+
+
 @dataclass
 class RuleResult:
     augmented: str
     replacements: list[Replacement]
     reason: str
     scoring_truncated: bool = False  # the caption exceeds the encoder's limit: scored on its start
+    # every candidate of every marked token reached, in token then GloVe order
+    candidates: list[Candidate] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -131,6 +163,7 @@ class _Unit:
     marked: list[int] = field(default_factory=list)
     k: int = 0
     done: list[Replacement] = field(default_factory=list)
+    tried: list[Candidate] = field(default_factory=list)
     reason: str = ""
     truncated: bool = False
 
@@ -217,13 +250,13 @@ class RuleAugmenter:
             if not u.reason:
                 u.reason = CHANGED if u.done else NO_CANDIDATES
             results.append(RuleResult(u.render(self._current(u)), list(u.done), u.reason,
-                                      u.truncated))
+                                      u.truncated, list(u.tried)))
         return [results[index[key]] for key in keys]
 
     def _prepare(self, units: list[_Unit]) -> None:
         """Tag the originals, mark tokens, fetch neighbours of all marked words at once."""
         tags = self._tags([tuple(u.tokens) for u in units])
-        replace = set(self.config.replace_tags)
+        wanted = set(self.config.replace_tags)
         for u, t in zip(units, tags):
             u.tags = t
             if not u.text.strip():
@@ -232,7 +265,7 @@ class RuleAugmenter:
                 u.reason = NO_WORDS
             else:
                 u.marked = [i for i, (tok, tag) in enumerate(zip(u.tokens, t))
-                            if tag in replace and _WORD.search(tok)]
+                            if tag in wanted and _WORD.search(tok)]
                 if not u.marked:
                     u.reason = NO_MARKED
         neigh = self.neighbours.neighbours(
@@ -252,41 +285,58 @@ class RuleAugmenter:
             tokens[r.position] = r.new
         return tokens
 
-    def _candidates(self, u: _Unit, pos: int) -> list[tuple[str, float]]:
+    def _candidates(self, u: _Unit, pos: int) -> list[tuple[str, float, str]]:
+        """(candidate in the word's case, GloVe similarity, outcome) of each neighbour of the
+        token at `pos`: outcome "" for one to try, else why it is not tried."""
         word = u.tokens[pos]
         low = word.lower()
         out = []
         for cand, sim in self._neigh.get(low, ()):
-            if cand == low or tokenize(cand) != [cand]:
+            if cand == low:
                 continue
-            if self.config.exclude_function_words and cand in FUNCTION_WORDS:
-                continue
-            out.append((match_case(cand, word), sim))
+            if tokenize(cand) != [cand]:
+                outcome = NOT_A_TOKEN
+            elif self.config.exclude_function_words and cand in FUNCTION_WORDS:
+                outcome = FUNCTION_WORD
+            else:
+                outcome = ""
+            out.append((match_case(cand, word), sim, outcome))
         return out
 
     def _rounds(self, active: list[_Unit]) -> None:
         cfg = self.config
         while active:
             self.stats["rounds"] += 1
-            # (unit, position, candidate word, glove sim, substituted tokens)
+            # (unit, position, candidate word, glove sim, substituted tokens, index in u.tried)
             pending = []
             for u in active:
                 pos = u.marked[u.k]
                 current = self._current(u)
-                for cand, sim in self._candidates(u, pos):
-                    tokens = list(current)
-                    tokens[pos] = cand
-                    pending.append((u, pos, cand, sim, tuple(tokens)))
+                old, old_tag = u.tokens[pos], u.tags[pos]
+                for cand, sim, outcome in self._candidates(u, pos):
+                    u.tried.append(Candidate(pos, old, cand, float(sim), outcome, old_tag))
+                    if not outcome:
+                        tokens = list(current)
+                        tokens[pos] = cand
+                        pending.append((u, pos, cand, sim, tuple(tokens), len(u.tried) - 1))
             # Same POS in the substituted sentence: one tagging pass for the whole round.
             tags = self._tags_at([(p[4], p[1]) for p in pending])
+            for p, t in zip(pending, tags):
+                u, i = p[0], p[5]
+                same = t == u.tags[p[1]]
+                u.tried[i] = replace(u.tried[i], tag=t, outcome="" if same else POS_CHANGED)
             pending = [p for p, t in zip(pending, tags) if t == p[0].tags[p[1]]]
             # BERTScore of every survivor against its original caption: one batched call.
             f1 = self.scorer.f1([p[0].render(p[4]) for p in pending],
                                 [p[0].text for p in pending]) if pending else []
             by_unit: dict[int, list] = {}
             for p, f in zip(pending, f1):
-                if cfg.bertscore_threshold is None or f >= cfg.bertscore_threshold:
-                    by_unit.setdefault(id(p[0]), []).append((p, float(f)))
+                passed = cfg.bertscore_threshold is None or f >= cfg.bertscore_threshold
+                u, i = p[0], p[5]
+                u.tried[i] = replace(u.tried[i], bertscore_f1=float(f),
+                                     outcome=NOT_CHOSEN if passed else BELOW_THRESHOLD)
+                if passed:
+                    by_unit.setdefault(id(u), []).append((p, float(f)))
             for u in active:
                 survivors = by_unit.get(id(u))
                 if survivors:
@@ -295,8 +345,9 @@ class RuleAugmenter:
                         best = max(range(len(survivors)), key=lambda j: (survivors[j][1], -j))
                     else:
                         best = int(u.rng.integers(len(survivors)))
-                    (_, pos, cand, sim, _), f = survivors[best]
+                    (_, pos, cand, sim, _, i), f = survivors[best]
                     u.done.append(Replacement(pos, u.tokens[pos], cand, sim, f))
+                    u.tried[i] = replace(u.tried[i], outcome=CHOSEN)
                 u.k += 1
             active = [u for u in active if u.k < len(u.marked) and not (
                 cfg.max_replacements and len(u.done) >= cfg.max_replacements)]

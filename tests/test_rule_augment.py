@@ -103,6 +103,10 @@ def test_provenance_matches_text_diff(sample, results):
         assert r.changed == (r.augmented != caption) == (r.reason == CHANGED)
         positions = [x.position for x in r.replacements]
         assert positions == sorted(set(positions))  # at most one per marked token, in order
+        _consistent(r)  # the chosen candidates are the replacements
+    outcomes = Counter(c.outcome for r in res for c in r.candidates)
+    assert outcomes["chosen"] == sum(len(r.replacements) for r in res)
+    assert outcomes["pos_changed"] and outcomes["below_bertscore"] and outcomes["not_chosen"]
 
 
 def test_no_space_before_period_unless_input_had_it(rule_stage):
@@ -319,3 +323,111 @@ def test_fp16_on_the_cpu_is_a_config_error_naming_the_field():
         RuleAugment(precision="fp16").setup(StageContext(device="cpu"))
     with pytest.raises(ConfigError, match="field 'precision'"):
         RuleAugment(precision="half")
+
+
+# ---------------------------------------------------------------- candidate record (fake models)
+
+def test_every_candidate_outcome_is_recorded_with_its_detail():
+    from duchkit.augment.rule_augment import CANDIDATE_OUTCOMES
+    from tests.fake_rule_models import CAPTION, fake_augmenter
+
+    r = fake_augmenter().augment([CAPTION])[0]
+    got = [(c.position, c.old, c.candidate, c.outcome, c.old_tag, c.tag,
+            None if c.bertscore_f1 is None else round(c.bertscore_f1, 2)) for c in r.candidates]
+    assert got == [
+        (1, "planes", "aircraft", "pos_changed", "NNS", "NN", None),
+        (1, "planes", "jets", "chosen", "NNS", "NNS", 0.90),
+        (1, "planes", "the", "function_word", "NNS", "", None),
+        (1, "planes", "u.s.", "not_single_token", "NNS", "", None),
+        (3, "parked", "stationed", "not_chosen", "VBN", "VBN", 0.80),
+        (3, "parked", "sitting", "chosen", "VBN", "VBN", 0.85),
+        (7, "field", "meadow", "below_bertscore", "NN", "NN", 0.71),
+        (7, "field", "grassy", "pos_changed", "NN", "JJ", None)]
+    assert {c.outcome for c in r.candidates} == set(CANDIDATE_OUTCOMES)
+    assert [c.glove_similarity for c in r.candidates] == pytest.approx(
+        [0.80, 0.78, 0.75, 0.70, 0.70, 0.68, 0.70, 0.69])
+    assert r.augmented == "Many jets are sitting near a green field ."
+    # without the function-word rule, "the" goes on to the POS check (and fails it)
+    free = fake_augmenter(exclude_function_words=False).augment([CAPTION])[0]
+    assert [(c.outcome, c.tag) for c in free.candidates if c.candidate == "the"] == \
+        [("pos_changed", "DT")]
+    # no BERTScore filter: the meadow passes and, alone, is chosen
+    loose = fake_augmenter(bertscore_threshold=None).augment([CAPTION])[0]
+    assert [c.outcome for c in loose.candidates if c.old == "field"] == ["chosen",
+                                                                          "pos_changed"]
+
+
+def _consistent(result) -> None:
+    chosen = [(c.position, c.old, c.candidate, c.glove_similarity, c.bertscore_f1)
+              for c in result.candidates if c.outcome == "chosen"]
+    assert chosen == [(x.position, x.old, x.new, pytest.approx(x.glove_similarity),
+                       pytest.approx(x.bertscore_f1)) for x in result.replacements]
+    # one chosen candidate at most per marked word, every candidate of a known outcome
+    positions = [c[0] for c in chosen]
+    assert positions == sorted(set(positions))
+    from duchkit.augment.rule_augment import CANDIDATE_OUTCOMES
+    assert all(c.outcome in CANDIDATE_OUTCOMES for c in result.candidates)
+
+
+def test_candidates_agree_with_replacements():
+    from tests.fake_rule_models import CAPTION, fake_augmenter
+
+    captions = [CAPTION, "A field .", "Planes near a field .", "", "... !", "green", CAPTION]
+    for config in ({}, {"max_replacements": 1}, {"bertscore_threshold": None}):
+        for r in fake_augmenter(**config).augment(captions):
+            _consistent(r)
+    ctx = StageContext(seed=3)
+    rngs = [ctx.rng_for(i, 0) for i in range(len(captions))]
+    res = fake_augmenter(choice="random").augment(captions, rngs)
+    for r in res:
+        _consistent(r)
+    # max_replacements = 1 stops after the first replacement: later words are not reached
+    first = fake_augmenter(max_replacements=1).augment([CAPTION])[0]
+    assert {c.old for c in first.candidates} == {"planes"}
+    # nothing marked, or no text: no candidates
+    assert [len(r.candidates) for r in fake_augmenter().augment(["", "... !", "green"])] == \
+        [0, 0, 0]
+
+
+def test_stage_writes_the_candidates_column():
+    import pyarrow as pa
+
+    from duchkit.pipelines.engines import conform
+    from tests.fake_rule_models import CAPTION, fake_augmenter
+
+    stage = RuleAugment()
+    stage._augmenter = fake_augmenter()
+    table = pa.table({"caption_id": ["c0", "c1"], "caption": [CAPTION, "green"]})
+    out = conform(stage.process(table, StageContext()), stage.output_schema(table.schema),
+                  stage.kind)
+    rows = out.column("candidates").to_pylist()
+    assert [len(c) for c in rows] == [8, 0]
+    assert rows[0][1] == {"position": 1, "old": "planes", "candidate": "jets",
+                          "glove_similarity": pytest.approx(0.78), "outcome": "chosen",
+                          "old_tag": "NNS", "tag": "NNS", "bertscore_f1": pytest.approx(0.9)}
+    assert rows[0][2]["bertscore_f1"] is None and rows[0][2]["tag"] == ""
+    assert out.column("n_replacements").to_pylist() == [2, 0]
+    raw = stage.process(table, StageContext())  # the declared type, before any cast
+    assert raw.schema.field("candidates").type == out.schema.field("candidates").type
+
+
+def test_embed_texts_carries_rule_output_with_or_without_candidates(tiny_bert_dir):
+    import pyarrow as pa
+
+    from duchkit.pipelines.engines import conform
+    from duchkit.pipelines.stages.embed import EmbedTexts
+    from tests.fake_rule_models import CAPTION, fake_augmenter
+
+    stage = RuleAugment()
+    stage._augmenter = fake_augmenter()
+    table = pa.table({"caption_id": ["c0", "c1"], "caption": [CAPTION, "green"]})
+    rules = conform(stage.process(table, StageContext()), stage.output_schema(table.schema),
+                    stage.kind)
+    embed = EmbedTexts(model=str(tiny_bert_dir), pooling="mean")
+    for t in (rules, rules.drop_columns(["candidates"])):
+        out = conform(embed.process(t, StageContext()), embed.output_schema(t.schema),
+                      embed.kind)
+        assert out.column("augmented_embedding").type.list_size == 32
+        assert ("candidates" in out.column_names) == ("candidates" in t.column_names)
+        if "candidates" in t.column_names:
+            assert out.column("candidates").to_pylist() == t.column("candidates").to_pylist()

@@ -44,8 +44,21 @@ REPLACEMENT_TYPE = pa.struct([
     pa.field("glove_similarity", pa.float32()),
     pa.field("bertscore_f1", pa.float32()),
 ])
+# every GloVe candidate of every marked token reached, and what became of it
+# (augment.rule_augment.Candidate; outcome in CANDIDATE_OUTCOMES)
+CANDIDATE_TYPE = pa.struct([
+    pa.field("position", pa.int16()),
+    pa.field("old", pa.string()),
+    pa.field("candidate", pa.string()),
+    pa.field("glove_similarity", pa.float32()),
+    pa.field("outcome", pa.string()),
+    pa.field("old_tag", pa.string()),              # the token's tag in the original caption
+    pa.field("tag", pa.string()),                  # the candidate's, substituted ("": untagged)
+    pa.field("bertscore_f1", pa.float32()),        # null: not scored
+])
 PROVENANCE_FIELDS = [
     pa.field("replacements", pa.list_(REPLACEMENT_TYPE)),
+    pa.field("candidates", pa.list_(CANDIDATE_TYPE)),
     pa.field("n_replacements", pa.int16(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),            # augment.rule_augment.REASONS
     pa.field("scoring_truncated", pa.bool_(), nullable=False),  # scored on the encoder's limit
@@ -81,6 +94,7 @@ class RuleAugment(Stage):
     """One row per (input row, variant): the input columns, TEXT_VARIANT_FIELDS, provenance."""
 
     kind: ClassVar[str] = "rule-augment"
+    version: ClassVar[int] = 2  # 2: the `candidates` column (a resumed run never mixes schemas)
     requires: ClassVar[tuple[str, ...]] = ("caption_id", "caption")
 
     text_column: str = "caption"
@@ -277,6 +291,9 @@ class RuleAugment(Stage):
             "replacements": pa.array(
                 [[dataclasses.asdict(x) for x in r.replacements] for r in results],
                 pa.list_(REPLACEMENT_TYPE)),
+            "candidates": pa.array(
+                [[vars(x) for x in r.candidates] for r in results],  # asdict: 100x slower
+                pa.list_(CANDIDATE_TYPE)),
             "n_replacements": pa.array([len(r.replacements) for r in results], pa.int16()),
             "reason": pa.array([r.reason for r in results], pa.string()),
             "scoring_truncated": pa.array([r.scoring_truncated for r in results], pa.bool_()),
