@@ -1,7 +1,9 @@
 """Galleries for the HTML reports: what the augmentations did and what the codes retrieve.
 
     caption_gallery([rule_dir, backtranslation_dir])   original | rule-based (replaced words
-                                                        marked) | back-translated, with outcomes
+                                                        marked; per word, its GloVe candidates
+                                                        and their outcome) | back-translated,
+                                                        with outcomes
     view_gallery([("AugmentedCenterCrop", views_dir)])  thumbnails of each setup's views for a
                                                         few images per class
     retrieval_gallery(run)                              top-10 of a few queries per direction,
@@ -40,6 +42,11 @@ img.thumb { display: block; width: 96px; height: 96px; object-fit: cover; margin
 mark.old { background: #ffd6d6; text-decoration: line-through; }
 mark.new { background: #c8f7c5; }
 .reason { color: #555; font-size: 0.8rem; }
+details.cands { font-size: 0.78rem; color: #444; margin-top: 0.2rem; }
+details.cands summary { cursor: pointer; color: #555; }
+details.cands ul { margin: 0.2rem 0 0; padding-left: 1rem; }
+.cand-chosen { background: #c8f7c5; }
+.cand-out { color: #888; }
 .hits { display: flex; flex-wrap: wrap; gap: 4px; }
 .hit { border: 4px solid #d33; padding: 1px; font-size: 0.78rem; max-width: 9.5rem; }
 .hit.rel { border-color: #2a2; }
@@ -106,19 +113,22 @@ def manifest(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def read_columns(folder: Path, columns: Sequence[str]) -> dict[str, list]:
-    """The given columns of every shard of a completed stage ({} if it lacks one)."""
+def read_columns(folder: Path, columns: Sequence[str],
+                 optional: Sequence[str] = ()) -> dict[str, list]:
+    """The given columns of every shard of a completed stage ({} if it lacks one); the
+    `optional` ones are None in the rows of a shard without them (older stage versions)."""
     store = StageStore(Path(folder))
     if not store.is_complete():
         return {}
-    out: dict[str, list] = {c: [] for c in columns}
+    out: dict[str, list] = {c: [] for c in list(columns) + list(optional)}
     for shard in store.shard_paths():
         names = pq.read_schema(shard).names
         if any(c not in names for c in columns):
             return {}
-        t = pq.read_table(shard, columns=list(columns))
-        for c in columns:
-            out[c] += t.column(c).to_pylist()
+        extra = [c for c in optional if c in names]
+        t = pq.read_table(shard, columns=list(columns) + extra)
+        for c in out:
+            out[c] += t.column(c).to_pylist() if c in names else [None] * t.num_rows
     return out
 
 
@@ -166,6 +176,68 @@ def _new_positions(augmented: str, reps: list[dict]) -> dict[int, str]:
     return found
 
 
+def _num(x: float) -> str:
+    """A score in two decimals without the leading zero: .83, -.05, 1.00."""
+    text = f"{x:.2f}"
+    return text.replace("0.", ".", 1) if text.lstrip("-").startswith("0.") else text
+
+
+def candidate_outcome(c: dict, threshold: float | None = None) -> str:
+    """What became of one GloVe candidate (a `candidates` struct of rule-augment), in short
+    words: "chosen, F1 .83", "filtered: BERTScore .71 < .75", "filtered: POS NN→JJ", ..."""
+    f1 = c.get("bertscore_f1")
+    outcome = c.get("outcome")
+    if outcome == "chosen":
+        return f"chosen, F1 {_num(f1)}" if f1 is not None else "chosen"
+    if outcome == "not_chosen":
+        return f"passed, F1 {_num(f1)}, not chosen" if f1 is not None else "passed, not chosen"
+    if outcome == "below_bertscore":
+        below = f" < {_num(threshold)}" if threshold is not None else " (below the threshold)"
+        return f"filtered: BERTScore {_num(f1)}{below}" if f1 is not None else \
+            "filtered: BERTScore"
+    if outcome == "pos_changed":
+        return f"filtered: POS {c.get('old_tag') or '?'}→{c.get('tag') or '?'}"
+    if outcome == "function_word":
+        return "function word"
+    if outcome == "not_single_token":
+        return "not one token"
+    return str(outcome)
+
+
+def candidate_details(candidates: list[dict] | None, threshold: float | None = None) -> str:
+    """A <details> element listing, per marked word, its GloVe candidates with their outcomes
+    ("" for none: no candidates, or a stage folder written before the column existed)."""
+    if not candidates:
+        return ""
+    words: dict[int, list[dict]] = {}
+    for c in candidates:
+        words.setdefault(c["position"], []).append(c)
+    items = []
+    for group in words.values():
+        first = group[0]
+        parts = []
+        for c in group:
+            css = ("cand-chosen" if c.get("outcome") == "chosen" else
+                   "" if c.get("outcome") == "not_chosen" else "cand-out")
+            word = html.escape(str(c.get("candidate")))
+            parts.append(f'<span class="{css}">{word}</span>' if css else word)
+            parts[-1] += f" ({html.escape(candidate_outcome(c, threshold))})"
+        items.append(f"<li><b>{html.escape(str(first.get('old')))}</b> "
+                     f"{html.escape(str(first.get('old_tag') or ''))}: "
+                     + " · ".join(parts) + "</li>")
+    chosen = sum(c.get("outcome") == "chosen" for c in candidates)
+    return (f'<details class="cands"><summary>{len(candidates)} GloVe candidate'
+            f'{"s" if len(candidates) != 1 else ""} of {len(words)} word'
+            f'{"s" if len(words) != 1 else ""}, {chosen} chosen</summary>'
+            f'<ul>{"".join(items)}</ul></details>')
+
+
+def _threshold(folder: Path) -> float | None:
+    """The rule-augment stage's BERTScore threshold, from its manifest (None: none or unknown)."""
+    t = (manifest(folder).get("parameters") or {}).get("bertscore_threshold", 0.75)
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
+
 def caption_gallery(text_dirs: Iterable[Path], rows: int = 12) -> str:
     """Original captions next to their rule-based and back-translated variants (joined by
     caption_id over the given stage folders), replaced words marked, with each outcome."""
@@ -176,7 +248,7 @@ def caption_gallery(text_dirs: Iterable[Path], rows: int = 12) -> str:
         kind = manifest(d).get("kind")
         if kind == "rule-augment":
             cols = read_columns(d, ["caption_id", "caption", "augmented", "reason",
-                                    "replacements", "label"])
+                                    "replacements", "label"], optional=["candidates"])
             target = rule
         elif kind == "backtranslate":
             cols = read_columns(d, ["caption_id", "caption", "augmented", "outcome",
@@ -187,8 +259,9 @@ def caption_gallery(text_dirs: Iterable[Path], rows: int = 12) -> str:
         if not cols:
             continue
         keys = list(cols)
+        threshold = _threshold(d) if kind == "rule-augment" else None
         for values in zip(*(cols[k] for k in keys)):
-            row = dict(zip(keys, values))
+            row = dict(zip(keys, values), threshold=threshold)
             target.setdefault(row["caption_id"], row)  # the first variant of a caption
             label_of.setdefault(row["caption_id"], row.get("label") or "")
     if not rule and not back:
@@ -235,7 +308,8 @@ def caption_gallery(text_dirs: Iterable[Path], rows: int = 12) -> str:
                 new = _marked(r["augmented"], _new_positions(r["augmented"], reps), "new")
                 cells.append(f'<td class="cap">{new}'
                              f'<div class="reason">{html.escape(why)}'
-                             f'{"<br>" + html.escape(scores) if scores else ""}</div></td>')
+                             f'{"<br>" + html.escape(scores) if scores else ""}</div>'
+                             f'{candidate_details(r.get("candidates"), r["threshold"])}</td>')
         if back:
             if b is None:
                 cells.append("<td>-</td>")
@@ -247,7 +321,9 @@ def caption_gallery(text_dirs: Iterable[Path], rows: int = 12) -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     legend = ('<mark class="old">replaced</mark> words of the original, <mark class="new">'
               "their replacements</mark> in the rule-based variant (with their GloVe "
-              "similarity and BERTScore F1); " if rule else "")
+              "similarity and BERTScore F1); under a variant, its nouns' and verbs' GloVe "
+              "candidates and what became of each (chosen, passed but not chosen, filtered by "
+              "part of speech or BERTScore, function word); " if rule else "")
     return ("<h2>Captions and their variants</h2>"
             f'<p class="legend">{legend}under each variant, why it came out as it did.</p>'
             f'<table class="gallery">{head}</tr>{"".join(body)}</table>')

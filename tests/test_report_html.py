@@ -122,6 +122,75 @@ def test_caption_gallery_marks_the_replaced_words_and_says_why(folder):
     assert caption_gallery([folder / "views"]) == ""      # no caption variants there
 
 
+def _rule_folder(root, with_candidates=True, shard_rows=100):
+    """A rule-augment stage folder as the stage writes it, models faked (tests/fake_rule_models:
+    one caption that meets every candidate outcome, one with no noun or verb)."""
+    from duchkit.pipelines.engines import conform
+    from duchkit.pipelines.stage import StageContext
+    from duchkit.pipelines.stages.rule_augment import RuleAugment
+    from duchkit.pipelines.store import write_stage_folder
+    from tests.fake_rule_models import CAPTION, fake_augmenter
+
+    stage = RuleAugment()
+    stage._augmenter = fake_augmenter()
+    table = pa.table({"caption_id": ["c0", "c1"], "caption": [CAPTION, "green"],
+                      "label": ["airport", "forest"]})
+    out = conform(stage.process(table, StageContext()), stage.output_schema(table.schema),
+                  stage.kind)
+    if not with_candidates:
+        out = out.drop_columns(["candidates"])
+    write_stage_folder(root, out, "rules", "rule-augment", stage.params(), shard_rows)
+    return root
+
+
+def test_caption_gallery_lists_each_words_candidates_with_their_outcome(tmp_path):
+    page = caption_gallery([_rule_folder(tmp_path / "rules")])
+    assert page.count('<details class="cands">') == 1  # the caption without candidates: none
+    assert "8 GloVe candidates of 3 words, 2 chosen" in page
+    for text in ('<span class="cand-chosen">jets</span> (chosen, F1 .90)',
+                 "stationed (passed, F1 .80, not chosen)",
+                 "meadow</span> (filtered: BERTScore .71 &lt; .75)",
+                 "aircraft</span> (filtered: POS NNS→NN)",
+                 "grassy</span> (filtered: POS NN→JJ)",
+                 "the</span> (function word)", "u.s.</span> (not one token)",
+                 "<b>planes</b> NNS: "):
+        assert text in page, text
+    # `duchkit inspect DIR --html` shows the same gallery
+    assert "(filtered: POS NN→JJ)" in "".join(folder_galleries(tmp_path / "rules"))
+    # a folder from before the column: the same gallery, without the candidates
+    old = caption_gallery([_rule_folder(tmp_path / "old", with_candidates=False)])
+    assert "<details" not in old and '<mark class="new">jets</mark>' in old
+    assert "jets: GloVe 0.78, BERTScore 0.90" in old
+
+
+def test_caption_gallery_reads_shards_with_and_without_candidates(tmp_path):
+    """A folder whose shards differ (one written before the column): candidates where there."""
+    import pyarrow.parquet as pq
+
+    from duchkit.pipelines.store import StageStore
+
+    root = _rule_folder(tmp_path / "rules", shard_rows=1)
+    first = StageStore(root).shard_paths()[0]
+    pq.write_table(pq.read_table(first).drop_columns(["candidates"]), first)
+    assert "<details" not in caption_gallery([root])
+    root = _rule_folder(tmp_path / "rules2", shard_rows=1)
+    last = StageStore(root).shard_paths()[1]
+    pq.write_table(pq.read_table(last).drop_columns(["candidates"]), last)
+    assert "(chosen, F1 .90)" in caption_gallery([root])
+
+
+def test_candidate_outcome_words():
+    from duchkit.pipelines.galleries import candidate_outcome
+
+    c = {"outcome": "below_bertscore", "bertscore_f1": 0.71, "old_tag": "NN", "tag": "NN"}
+    assert candidate_outcome(c, 0.75) == "filtered: BERTScore .71 < .75"
+    assert candidate_outcome(c) == "filtered: BERTScore .71 (below the threshold)"
+    assert candidate_outcome({"outcome": "chosen", "bertscore_f1": 1.0}) == "chosen, F1 1.00"
+    assert candidate_outcome({"outcome": "not_chosen", "bertscore_f1": -0.05}) == \
+        "passed, F1 -.05, not chosen"
+    assert candidate_outcome({"outcome": "something_new"}) == "something_new"
+
+
 def test_view_gallery_shows_every_setup_per_image(folder):
     page = view_gallery([("ACC", folder / "views"), ("Random", folder / "random-views")])
     # one card per class (per_class=1), view 0 + 2 ACC views + 1 random view each
