@@ -31,7 +31,7 @@ from duchkit.hashing.losses import binary_target, discriminator_loss, hashing_lo
 from duchkit.hashing.metrics import map_at_k_torch
 from duchkit.hashing.model import DUCH
 from duchkit.hashing.noise import inject_noise
-from duchkit.hashing.robust import Robustness
+from duchkit.hashing.robust import Robustness, code_disagreement
 
 
 @dataclass
@@ -45,6 +45,9 @@ class TrainResult:
     seconds: float = 0.0
     noise_mask: np.ndarray | None = None  # [N] True = captions replaced (injected noise)
     pair_weights: np.ndarray | None = None  # [train] the final weight of each training pair
+    # [train] robust runs: 1 - cos(image code, caption code) of the kept model, averaged over the
+    # image's captions: ranks pairs whose weights saturate at the same value (suspicious lists)
+    pair_disagreement: np.ndarray | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -328,8 +331,15 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    weights = robust.final_weights()
+    disagreement = None
+    if weights is not None:
+        h_img = encode(model.image, x)
+        h_txt = encode(model.text, t.reshape(-1, t.shape[-1])).reshape(len(x), t.shape[1], -1)
+        disagreement = torch.stack([code_disagreement(h_img, h_txt[:, c])
+                                    for c in range(t.shape[1])]).mean(0).cpu().numpy()
     return TrainResult(model, cfg, splits, best_epoch, best_map, history,
-                       time.perf_counter() - t_start, noise_mask, robust.final_weights())
+                       time.perf_counter() - t_start, noise_mask, weights, disagreement)
 
 
 def cpu_has_bf16() -> bool:

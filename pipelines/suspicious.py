@@ -35,7 +35,9 @@ def suspicious_pairs(run: Path, n: int) -> list[dict]:
         raise ConfigError(f"{run} has no {PAIR_WEIGHTS}: only a run trained with --robust "
                           "(chnr, gmm, ptc or oracle) weighs its training pairs")
     weights = pq.read_table(path).to_pylist()
-    weights.sort(key=lambda r: (r["weight"], r["image_id"]))
+    # weights saturate (many exactly 0 under gmm): among equal weights, the pair whose image
+    # and caption codes disagree most comes first (older folders have no disagreement column)
+    weights.sort(key=lambda r: (r["weight"], -(r.get("disagreement") or 0.0), r["image_id"]))
     chosen = weights[:n]
     ids = {r["image_id"] for r in chosen}
     captions: dict[str, list[str]] = {i: [] for i in ids}
@@ -78,6 +80,7 @@ def write_suspicious(run: Path, n: int) -> tuple[Path, Path]:
         "rank": pa.array(list(range(1, len(rows) + 1)), pa.int32()),
         "image_id": pa.array([r["image_id"] for r in rows], pa.string()),
         "weight": pa.array([r["weight"] for r in rows], pa.float32()),
+        "disagreement": pa.array([r.get("disagreement") for r in rows], pa.float32()),
         "injected_noise": pa.array([r["injected_noise"] for r in rows], pa.bool_()),
         "image_path": pa.array([r["image_path"] for r in rows], pa.string()),
         "captions": pa.array([r["captions"] for r in rows], pa.list_(pa.string()))})
@@ -93,7 +96,9 @@ def write_suspicious(run: Path, n: int) -> tuple[Path, Path]:
             else '<span class="ok">caption not injected</span>')
         caps = "".join(f"<li>{html.escape(c)}</li>" for c in r["captions"]) or "<li>-</li>"
         cells.append(f'<div class="pair"><div class="rank">{i}</div>{img}<div><b>'
-                     f'{html.escape(r["image_id"])}</b> weight {r["weight"]:.3f} {truth}'
+                     f'{html.escape(r["image_id"])}</b> weight {r["weight"]:.3f}'
+                     + (f' · code disagreement {r["disagreement"]:.3f}'
+                        if r.get("disagreement") is not None else "") + f' {truth}'
                      f"<ul>{caps}</ul></div></div>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Least trusted pairs: "
             f"{html.escape(run.name)}</title><style>body{{font-family:sans-serif;margin:2em}}"
@@ -102,7 +107,9 @@ def write_suspicious(run: Path, n: int) -> tuple[Path, Path]:
             "object-fit:cover}.noimg{width:128px;height:128px;background:#eee}"
             ".bad{color:#b00}.ok{color:#070}</style></head><body>"
             f"<h1>The {len(rows)} training pairs {html.escape(run.name)} trusted least</h1>"
-            "<p>Lowest final pair weight first: check whether the captions describe the image."
+            "<p>Lowest final pair weight first (equal weights: the largest disagreement between "
+            "the image's code and its captions' codes first): check whether the captions describe "
+            "the image."
             f"</p>{''.join(cells)}</body></html>")
     page_path = run / "suspicious.html"
     atomic_write_bytes(page_path, page.encode())

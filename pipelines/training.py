@@ -114,6 +114,7 @@ def write_noise_and_weights(out: Path, archive, cfg, result) -> dict:
         write_table(out / PAIR_WEIGHTS, pa.table({
             "image_id": pa.array(ids[train_idx].tolist(), pa.string()),
             "weight": pa.array(result.pair_weights.astype(np.float32)),
+            "disagreement": pa.array(result.pair_disagreement.astype(np.float32)),
             "injected_noise": pa.array(noisy if noisy is not None else [None] * len(train_idx),
                                        pa.bool_())}))
         last = result.history[-1] if result.history else {}

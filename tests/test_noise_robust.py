@@ -217,7 +217,14 @@ def test_inspect_lists_the_least_trusted_pairs(feats, tmp_path, capsys):
     rows = pq.read_table(run / "suspicious.parquet").to_pylist()
     assert len(rows) == 5 and all(r["injected_noise"] for r in rows)  # oracle: weight 0 first
     assert [r["weight"] for r in rows] == sorted(r["weight"] for r in rows)
+    # equal (saturated) weights: the pair whose codes disagree most comes first
+    assert all(r["weight"] == 0 for r in rows)
+    assert [r["disagreement"] for r in rows] == sorted((r["disagreement"] for r in rows),
+                                                       reverse=True)
+    weights = pq.read_table(run / "pair_weights.parquet").to_pylist()
+    assert max(w["disagreement"] for w in weights if w["weight"] == 0) == rows[0]["disagreement"]
     assert "least" in (run / "suspicious.html").read_text()
+    assert "disagreement" in out
     plain = tmp_path / "plain"
     assert main(["train", "--images", str(images), "--texts", str(texts), "--out", str(plain),
                  "--bits", "16", "--epochs", "1", "--batch-size", "32", "--hidden", "32",

@@ -27,9 +27,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from duchkit.pipelines.suspicious import suspicious_pairs, write_suspicious
 
         parquet, page = write_suspicious(args.dir, args.suspicious)
+        print("rank  weight  disagreement  image  first caption")
         for i, r in enumerate(suspicious_pairs(args.dir, args.suspicious), 1):
             caption = (r["captions"] or ["-"])[0]
-            print(f"{i:>3}  {r['weight']:.3f}  {r['image_id']:<24} {caption}")
+            d = r.get("disagreement")
+            print(f"{i:>3}  {r['weight']:.3f}  {'-' if d is None else f'{d:.3f}':>5}  "
+                  f"{r['image_id']:<24} {caption}")
         print(f"wrote {page} and {parquet}")
         return 0
     text = describe(args.dir)
