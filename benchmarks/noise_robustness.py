@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another TrainConfig value (JSON), e.g. amp=true")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--resume", type=Path, metavar="LOG",
+                    help="the printed output of an interrupted run: its finished runs (one JSON "
+                    "line each) are kept, only the others train")
     args = ap.parse_args()
     feats = load_archive(args.features / "image_embeddings",
                          args.features / "text_embeddings").features
@@ -78,11 +81,21 @@ def main() -> None:
                        clean_fraction=args.clean_fraction, weight_mode=args.weight_mode,
                        checkpoint_every=10_000, **extra)
     runs = []
+    done = {}
+    if args.resume:
+        for line in args.resume.read_text().splitlines():
+            if line.startswith('{"rate"'):
+                r = json.loads(line)
+                done[(r["rate"], r["mode"], r["seed"])] = r
     for rate in args.rates:
         for mode in args.modes:
             if mode == "oracle" and rate == 0:
                 continue  # no noise, nothing for the oracle to know
             for seed in args.seeds:
+                if (rate, mode, seed) in done:
+                    runs.append(done[(rate, mode, seed)])
+                    print(json.dumps(runs[-1]), flush=True)
+                    continue
                 cfg = dataclasses.replace(base, seed=seed, noise_rate=rate, robust=mode)
                 t0 = time.perf_counter()
                 result = train(cfg, feats, log=lambda s: None)

@@ -169,6 +169,9 @@ def main() -> None:
                     help="a candidate default on our side (TrainConfig field, JSON value)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--resume", type=Path, metavar="LOG",
+                    help="the printed output of an interrupted run (same --set): its finished "
+                    "setting x seed lines are kept, only the others train")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,6 +190,12 @@ def main() -> None:
         raise SystemExit("transfer: the features carry no class labels (class relevance and "
                          "the class-disjoint halves need them)")
     full = archive.features
+    done = {}
+    if args.resume:
+        for line in args.resume.read_text().splitlines():
+            if line.startswith('{"setting"'):
+                r = json.loads(line)
+                done[(r["setting"], r["seed"])] = r
     labels = full.labels.numpy()
     rows_out = {}
     for name in args.settings:
@@ -195,6 +204,11 @@ def main() -> None:
         f = take(full, rows)
         ours, theirs = [], []
         for seed in args.seeds:
+            if (name, seed) in done:
+                ours.append(done[(name, seed)]["ours"])
+                theirs.append(done[(name, seed)]["theirs"])
+                print(json.dumps(done[(name, seed)]), flush=True)
+                continue
             t0 = time.perf_counter()
             ours.append(ours_maps(f, bits, captions, seed, args.epochs, settings))
             theirs.append(theirs_maps(f, rows, bits, seed, args.epochs))
