@@ -48,6 +48,8 @@ class TrainResult:
     # [train] robust runs: 1 - cos(image code, caption code) of the kept model, averaged over the
     # image's captions: ranks pairs whose weights saturate at the same value (suspicious lists)
     pair_disagreement: np.ndarray | None = None
+    # wall seconds of each epoch this call ran (0-based epoch -> s; chnr: phase 1 then 2)
+    epoch_seconds: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -254,7 +256,9 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
     if cfg.amp and device.type == "cpu" and not cpu_has_bf16():
         log("warning: this CPU has no bf16 units; --amp emulates bf16 and is likely slower")
 
+    epoch_seconds: dict[int, float] = {}  # this call's epochs; not in history (not state)
     for epoch in range(start_epoch, total_epochs):
+        t_epoch = time.perf_counter()
         if stop_after is not None and epoch >= stop_after:
             break
         meta = epoch < robust.meta_epochs  # chnr's phase 1: the clean subset only
@@ -317,6 +321,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                 best_map, best_epoch = val, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(row)
+        epoch_seconds[epoch] = time.perf_counter() - t_epoch
         log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
         if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == total_epochs):
             save_checkpoint(ckpt_path, {
@@ -339,7 +344,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         disagreement = torch.stack([code_disagreement(h_img, h_txt[:, c])
                                     for c in range(t.shape[1])]).mean(0).cpu().numpy()
     return TrainResult(model, cfg, splits, best_epoch, best_map, history,
-                       time.perf_counter() - t_start, noise_mask, weights, disagreement)
+                       time.perf_counter() - t_start, noise_mask, weights, disagreement,
+                       epoch_seconds)
 
 
 def cpu_has_bf16() -> bool:
