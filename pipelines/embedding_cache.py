@@ -14,13 +14,11 @@ memory (pipelines/translation_cache.py): several processes read and write at onc
 """
 from __future__ import annotations
 
-import sqlite3
-import threading
 from pathlib import Path
 
 import numpy as np
 
-_CHUNK = 500  # SQLite's bound-parameter limit is 999 on old builds
+from duchkit.pipelines.sqlite_file import CHUNK, SQLiteFile
 
 
 def view_key(image_path: str, spec: str) -> str:
@@ -29,30 +27,15 @@ def view_key(image_path: str, spec: str) -> str:
     return f"{image_path}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1f{spec}"
 
 
-class EmbeddingCache:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()  # one connection per thread, as SQLite requires
-        db = self._db
-        db.execute("CREATE TABLE IF NOT EXISTS embeddings (namespace TEXT NOT NULL, "
-                   "key TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (namespace, key)) "
-                   "WITHOUT ROWID")
-        db.commit()
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=60)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-        return db
+class EmbeddingCache(SQLiteFile):
+    SCHEMA = ("CREATE TABLE IF NOT EXISTS embeddings (namespace TEXT NOT NULL, "
+              "key TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (namespace, key)) "
+              "WITHOUT ROWID")
 
     def lookup(self, namespace: str, keys: list[str], dim: int) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
-        for i in range(0, len(keys), _CHUNK):
-            part = keys[i:i + _CHUNK]
+        for i in range(0, len(keys), CHUNK):
+            part = keys[i:i + CHUNK]
             marks = ",".join("?" * len(part))
             for key, blob in self._db.execute(
                     f"SELECT key, vector FROM embeddings WHERE namespace = ? AND key IN ({marks})",

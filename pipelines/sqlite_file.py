@@ -1,0 +1,45 @@
+"""One SQLite file that several processes and threads read and write at once: the base of the
+output folder's caches (translation memory, clean-view embeddings).
+
+WAL mode and a busy timeout let worker processes share the file; one connection per thread,
+because SQLite connections may not cross threads and engines (Ray actors, for one) set a stage
+up in one thread and call it from another. An object pickles as its path, so a stage holding
+one travels to worker processes without its connection.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
+
+
+class SQLiteFile:
+    SCHEMA = ""  # the CREATE TABLE IF NOT EXISTS statement of the subclass
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        db = self._db
+        db.execute(self.SCHEMA)
+        db.commit()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
