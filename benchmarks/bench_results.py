@@ -27,3 +27,18 @@ def shared_data() -> Path:
         return find_shared_data(HERE)
     except SharedDataNotFound as exc:
         raise SystemExit(str(exc)) from None
+
+
+def parse_settings(items: list[str]) -> dict:
+    """`--set KEY=VALUE` arguments as TrainConfig values: JSON where the value parses (100, true,
+    1e-3, "sum"), the text itself otherwise."""
+    values: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values

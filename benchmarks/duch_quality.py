@@ -35,7 +35,7 @@ import numpy as np
 
 from duchkit.hashing.config import TrainConfig
 from duchkit.hashing.metrics import VARIANTS
-from bench_results import write_result
+from bench_results import parse_settings, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,15 +51,7 @@ def train_config(bits: int, seed: int, epochs: int, protocol: str, settings: lis
                  ) -> TrainConfig:
     """The TrainConfig of one run: the protocol's caption setting plus KEY=VALUE settings
     (JSON values: 100, true, 1e-3, "sum")."""
-    values: dict = {}
-    for item in settings:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError:
-            values[key] = text
+    values = parse_settings(settings)
     ablation = values.pop("ablation", "DUCH")
     cfg = TrainConfig(bits=bits, epochs=epochs, seed=seed, device="cpu",
                       captions_per_image=1 if protocol == "paper" else 0, **values)

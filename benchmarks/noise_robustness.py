@@ -28,7 +28,7 @@ from duchkit.hashing.config import TrainConfig
 from duchkit.hashing.evaluate import evaluate_codes
 from duchkit.hashing.train import encode, train
 from duchkit.pipelines.training_data import load_archive
-from bench_results import write_result
+from bench_results import parse_settings, write_result
 
 
 def query_retrieval_maps(result, feats) -> dict:
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     feats = load_archive(args.features / "image_embeddings",
                          args.features / "text_embeddings").features
-    extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra = parse_settings(args.set)
     base = TrainConfig(bits=args.bits, epochs=args.epochs, meta_epochs=args.meta_epochs,
                        clean_fraction=args.clean_fraction, weight_mode=args.weight_mode,
                        checkpoint_every=10_000, **extra)

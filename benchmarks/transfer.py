@@ -42,7 +42,7 @@ from duchkit.hashing.data import Features, paper_caption_choice
 from duchkit.hashing.evaluate import evaluate_codes
 from duchkit.hashing.train import encode, train
 from duchkit.pipelines.training_data import load_archive
-from bench_results import write_result
+from bench_results import parse_settings, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name -> (bits, captions, subset)
@@ -175,15 +175,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = {}
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            settings[key] = json.loads(text)
-        except json.JSONDecodeError:
-            settings[key] = text
+    settings = parse_settings(args.set)
     TrainConfig(**settings).validate()  # a bad --set stops here, before any training
     archive = load_archive(args.features / "image_embeddings", args.features / "text_embeddings")
     if not archive.has_labels:
