@@ -12,6 +12,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from duchkit.pipelines.stage import ConfigError
+
 CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
 
 
@@ -22,9 +24,13 @@ class SQLiteFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        db = self._db
-        db.execute(self.SCHEMA)
-        db.commit()
+        try:
+            db = self._db
+            db.execute(self.SCHEMA)
+            db.commit()
+        except sqlite3.DatabaseError as exc:  # a damaged or foreign file: name it, not a traceback
+            raise ConfigError(f"{self.path}: not a usable duchkit cache ({exc}); it holds only "
+                              "results that can be recomputed: delete it and rerun") from None
 
     @property
     def _db(self) -> sqlite3.Connection:

@@ -427,3 +427,16 @@ def test_view_zero_is_encoded_once_per_output_folder(mini_dataset, tmp_path, mon
                                        for p in views.column("image_path").to_pylist()]))
     run()  # a different file for one image: its view 0 is encoded again, the others reused
     assert encoded[-1] == 12 + 1
+
+
+@pytest.mark.parametrize("cache", ["embedding", "translation"])
+def test_a_damaged_cache_file_is_named_not_a_traceback(tmp_path, cache):
+    from duchkit.pipelines.embedding_cache import EmbeddingCache
+    from duchkit.pipelines.translation_cache import SQLiteTranslationCache
+
+    path = tmp_path / "_cache" / "cache.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"this is not an SQLite database, " * 64)
+    cls = EmbeddingCache if cache == "embedding" else SQLiteTranslationCache
+    with pytest.raises(ConfigError, match=r"cache\.sqlite: not a usable duchkit cache.*delete it"):
+        cls(path)
