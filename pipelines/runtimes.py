@@ -183,9 +183,11 @@ class CompiledModel:
             return lambda feeds: session.run(None, feeds)[0]
         import openvino as ov
 
+        # no pinning: OpenVINO pins each process's threads from core 0 on, so the CPU encoder
+        # pool's one-thread processes all ran on the same core (half the rate on 2 cores)
         config = {"INFERENCE_NUM_THREADS": threads,
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
+                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         compiled = ov.Core().compile_model(str(self.path), "CPU", config)
         request = compiled.create_infer_request()
         return lambda feeds: np.array(request.infer(feeds)[0], copy=True)
