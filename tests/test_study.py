@@ -247,6 +247,41 @@ def test_seeds_default_to_three_and_references_can_be_named(tmp_path):
         load_study(cfg, overrides={"out": tmp_path / "o"})
 
 
+def test_embed_runtime_reaches_both_encoders_and_names_their_stages(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(GRID)
+    plain = load_study(cfg, overrides={"out": tmp_path / "o"})
+    cfg.write_text(GRID.replace("[train]\n", '[embed]\nruntime = "onnxruntime"\n\n[train]\n', 1))
+    study = load_study(cfg, overrides={"out": tmp_path / "o"})
+    embeds = [e.stage for e in study.pipeline.stages if e.stage.kind.startswith("embed-")]
+    assert {s.kind for s in embeds} == {"embed-images", "embed-texts"}
+    assert {s.runtime for s in embeds} == {"onnxruntime"}
+    # other embeddings (float rounding): other stage names, never the torch runs' shards
+    assert study.cells[0].text_stage != plain.cells[0].text_stage
+    cfg.write_text(GRID.replace("[train]\n", '[embed]\nruntimes = "onnxruntime"\n\n[train]\n', 1))
+    with pytest.raises(ConfigError, match=r"\[embed\]: unknown field\(s\) \['runtimes'\]"):
+        load_study(cfg, overrides={"out": tmp_path / "o"})
+
+
+def test_set_changes_one_value_of_the_study_file(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(GRID)
+    study = load_study(cfg, overrides={"out": tmp_path / "o"},
+                       settings=["study.workers=2", "study.threads = 1", "embed.runtime=openvino",
+                                 "train.epochs=5", 'train.weight_decay_mode="decoupled"'])
+    assert (study.workers, study.threads) == (2, 1)
+    assert {e.stage.runtime for e in study.pipeline.stages if e.stage.kind.startswith("embed-")} \
+        == {"openvino"}
+    assert {c.train["epochs"] for c in study.cells} == {5}
+    assert {c.train["weight_decay_mode"] for c in study.cells} == {"decoupled"}
+    assert all(c.train["bits"] == 16 for c in study.cells)  # the file's other values stay
+    for bad in ["workers=2", "dataset.images=x", "study.workers"]:
+        with pytest.raises(ConfigError, match="expected SECTION.KEY=VALUE"):
+            load_study(cfg, overrides={"out": tmp_path / "o"}, settings=[bad])
+    with pytest.raises(ConfigError, match=r"\[study\] workers must be a positive integer"):
+        load_study(cfg, overrides={"out": tmp_path / "o"}, settings=["study.workers=0"])
+
+
 # ---------------------------------------------------------------- robust studies
 
 @dataclass

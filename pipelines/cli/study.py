@@ -1,7 +1,7 @@
 """`duchkit study --config NAME|FILE`: the augmentation comparison study.
 
     duchkit study --config table2-offline [--dataset my.toml] [--seeds 0,1,2] [--dry-run]
-                  [--protocol duchkit|paper]
+                  [--protocol duchkit|paper] [--set SECTION.KEY=VALUE ...]
 
 Exit status 1 when a cell failed (the report names it and why; the other cells ran).
 
@@ -36,6 +36,9 @@ def register(sub) -> None:
                    "figures were made (one caption per image, constant beta/gamma, the "
                    "one-caption evaluation), in study/<name>-paper/. Default: [study] protocol, "
                    "else duchkit")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="change one value of the study file (TOML value; repeatable), e.g. "
+                   "study.workers=2, embed.runtime=openvino, train.amp=true")
     p.add_argument("--dry-run", action="store_true", help="list the stages and cells")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
@@ -56,7 +59,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     overrides = {"out": args.out, "device": args.device}
     study = prepare_study(args.config, args.dataset, overrides, parse_seeds(args.seeds),
-                          args.protocol)
+                          args.protocol, args.set)
     for note in study.notes:  # what --dataset carried into the variants, and what it ignored
         print(note)
     if args.dry_run:
