@@ -378,22 +378,14 @@ def check_embed_images(device: str, work: Path, state: dict) -> dict:
 def _minilm_sized_bert(work: Path) -> str:
     """A BERT of MiniLM-L6's size (384 d, 6 layers, 12 heads), random weights, with a
     word-level vocabulary of the demo's captions."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from duchkit.augment.tiny_bert import build_bert
 
     d = work / "minilm-sized-bert"
     if (d / "config.json").is_file():
         return str(d)
-    d.mkdir(parents=True, exist_ok=True)
     captions = _demo_table("captions").column("caption").to_pylist()
     words = sorted({w for c in captions for w in c.lower().replace(".", " ").split()})
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-                                           + words))
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=6,
-                         num_attention_heads=12, intermediate_size=1536)).save_pretrained(d)
-    return str(d)
+    return str(build_bert(d, words, minilm_sized=True))
 
 
 def check_embed_texts(device: str, work: Path, state: dict) -> dict:

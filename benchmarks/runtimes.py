@@ -142,19 +142,10 @@ def image_model(spec: str, work: Path) -> str:
 def text_model(spec: str, texts: list[str], work: Path) -> str:
     if spec != "random:minilm":
         return spec
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from duchkit.augment.tiny_bert import build_bert
 
-    d = work / "minilm-sized-bert"
-    d.mkdir(parents=True, exist_ok=True)
     words = sorted({w for t in texts for w in t.split()})
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-                                           + words))
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=384, num_hidden_layers=6,
-                         num_attention_heads=12, intermediate_size=1536)).save_pretrained(d)
-    return str(d)
+    return str(build_bert(work / "minilm-sized-bert", words, minilm_sized=True))
 
 
 # ---------------------------------------------------------------- checks

@@ -66,15 +66,8 @@ def rule_stage():
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 4-layer, 32-wide BERT with a word vocabulary of aerial captions, random weights: a real
     transformers model for the text paths, built in a second."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from duchkit.augment.tiny_bert import build_bert
 
-    d = tmp_path_factory.mktemp("bert")
-    words = "a plane planes is are parked at airport many storage tanks near road green " \
-            "trees river two buildings".split()
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words))
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(d)
-    return d
+    return build_bert(tmp_path_factory.mktemp("bert"),
+                      "a plane planes is are parked at airport many storage tanks near road "
+                      "green trees river two buildings".split())

@@ -116,17 +116,11 @@ def test_resnet_checkpoint_path_and_its_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from duchkit.augment.tiny_bert import build_bert
 
-    d = tmp_path_factory.mktemp("tiny-bert")
-    words = "a an the plane planes is are parked at airport many storage tanks near road green " \
-            "trees river two three buildings".split()
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words))
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(d)
-    return d
+    return build_bert(tmp_path_factory.mktemp("tiny-bert"),
+                      "a an the plane planes is are parked at airport many storage tanks near "
+                      "road green trees river two three buildings".split())
 
 
 def test_tiny_bert_dir_pooling_respects_the_mask(tiny_bert):

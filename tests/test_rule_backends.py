@@ -171,20 +171,10 @@ def test_neighbours_equal_gensim_most_similar(rule_stage):
 def tiny_bert(tmp_path_factory, tagged):
     """A tiny BERT and its tokenizer saved to a folder: from_pretrained(<dir>) is the code
     path a hub id takes."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from duchkit.augment.tiny_bert import build_bert
 
-    caps = tagged[0]
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
-        {w.lower() for c in caps for w in tokenize(c)})
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64)).save_pretrained(str(folder))
-    return folder
+    words = sorted({w.lower() for c in tagged[0] for w in tokenize(c)})
+    return build_bert(tmp_path_factory.mktemp("tiny-bert"), words, layers=2, max_positions=64)
 
 
 def test_bertscore_from_a_model_dir_and_rescaling(tiny_bert, tmp_path):
