@@ -71,10 +71,13 @@ class BertScoreF1:
     "auto": fp16 on CUDA, fp32 on the CPU. The similarity matching always runs in fp32.
     """
 
-    def __init__(self, scorer, batch_size: int = 256, precision: str = "auto"):
+    def __init__(self, scorer, batch_size: int = 256, precision: str = "auto", model=None):
         from collections import defaultdict
 
         self.scorer = scorer
+        # the encoder that embeds: the scorer's own, or the same run by another runtime
+        # (pipelines.runtimes.wrap_token_model)
+        self.model = scorer._model if model is None else model
         self.batch_size = int(batch_size)
         self.precision = resolve_precision(precision, str(scorer.device))
         self.cache: dict[tuple[str, str], float] = {}
@@ -134,7 +137,7 @@ class BertScoreF1:
 
         for batch in self._batches([s for s in dict.fromkeys(sentences) if s not in into]):
             with autocast(device, self.precision):
-                emb, mask, idf = get_bert_embedding(batch, self.scorer._model,
+                emb, mask, idf = get_bert_embedding(batch, self.model,
                                                     self.scorer._tokenizer, self.idf_dict,
                                                     device=self.scorer.device)
             emb, mask, idf = emb.float().cpu(), mask.cpu(), idf.float().cpu()

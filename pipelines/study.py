@@ -9,7 +9,8 @@ and a report laid out like the paper's tables and figures.
                                      protocol (PROTOCOLS, below; `--protocol` overrides it)
     [dataset] / [run]                as in a pipeline config (default: the embedded demo)
     [embed]                          image_model, text_model, text_pooling, runtime (torch,
-                                     onnxruntime, openvino: both encoders' CPU runtime)
+                                     onnxruntime, openvino: the CPU runtime of both encoders
+                                     and of rule-augment's BERTScore encoder)
     [train]                          TrainConfig values shared by every cell
     [text.NAME] / [image.NAME]       variants: a stage config (text: kind + parameters; image:
                                      augment-images parameters), or `stage = "..."` to use an
@@ -360,6 +361,8 @@ def load_study(path: Path, dataset_from: Path | None = None,
             if not kind:
                 raise ConfigError(f"{here}: a text variant needs 'kind' (e.g. rule-augment)")
             embed_kind = "embed-texts"
+            if kind == "rule-augment" and "runtime" in own_embed:  # its BERTScore encoder
+                spec.setdefault("runtime", own_embed["runtime"])
         else:
             kind, embed_kind = "augment-images", "embed-images"
         values, naming = carried.merge(kind, spec)

@@ -53,6 +53,9 @@ def models_used(study: Study) -> list[tuple[str, str, dict[str, str]]]:
         if path.exists():
             m = json.loads(path.read_text())
             models, kind = dict(m.get("models") or {}), m.get("kind", "")
+            runtime = (m.get("parameters") or {}).get("runtime", "torch")
+            if models and runtime != "torch":  # what ran the encoder, beside what it is
+                models["runtime"] = runtime
         elif name in entries:
             kind = entries[name].stage.kind
             try:

@@ -14,7 +14,7 @@ from duchkit.augment.glove_neighbours import (GloveNeighbours, vectors_from_arra
                                               vectors_from_downloader, vectors_from_file)
 from duchkit.augment.pos_tagging import NltkTagger, StanzaTagger, TaggerUnavailable
 from duchkit.augment.rule_augment import RuleAugmenter, RuleConfig
-from duchkit.pipelines.stage import StageContext
+from duchkit.pipelines.stage import ConfigError, StageContext
 from duchkit.pipelines.stages.rule_augment import RuleAugment
 
 
@@ -194,6 +194,35 @@ def test_bertscore_from_a_model_dir_and_rescaling(tiny_bert, tmp_path):
     np.testing.assert_allclose(scaled.f1(cands, refs), (f_raw - 0.5) / 0.5, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="baseline"):
         make_scorer(str(tiny_bert), num_layers=2, rescale=True)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_bertscore_runtime_gives_torchs_scores(tiny_bert, runtime, tmp_path, monkeypatch):
+    from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer
+    from duchkit.pipelines.runtimes import RuntimeTokenModel, wrap_token_model
+
+    monkeypatch.setenv("DUCHKIT_CACHE", str(tmp_path))
+    scorer = make_scorer(str(tiny_bert), num_layers=2)
+    model = wrap_token_model(scorer._model, scorer._tokenizer, runtime)
+    assert isinstance(model, RuntimeTokenModel) and list(tmp_path.rglob("tokens-*.onnx"))
+    cands = ["there is a piece of cropland", "two planes at the airport",
+             "many buildings and some green trees are near a road"]
+    refs = ["there is a piece of farmland", "two planes in the airport",
+            "many houses and some green trees are beside a road"]
+    want = BertScoreF1(scorer, 2).f1(cands, refs)
+    got = BertScoreF1(scorer, 2, "fp32", model).f1(cands, refs)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_rule_augment_runtime_is_checked_and_torch_keeps_the_fingerprint():
+    from duchkit.pipelines.stages.rule_augment import RuleAugment
+
+    assert "runtime" not in RuleAugment().params()
+    assert RuleAugment(runtime="openvino").params()["runtime"] == "openvino"
+    with pytest.raises(ConfigError, match="field 'runtime': runtime must be one of"):
+        RuleAugment(runtime="tensorrt")
+    with pytest.raises(ConfigError, match="'onnxruntime' runs fp32 on the CPU"):
+        RuleAugment(runtime="onnxruntime", precision="bf16")
 
 
 # ------------------------------------------------------------------------------- pipeline

@@ -258,6 +258,16 @@ def test_embed_runtime_reaches_both_encoders_and_names_their_stages(tmp_path):
     assert {s.runtime for s in embeds} == {"onnxruntime"}
     # other embeddings (float rounding): other stage names, never the torch runs' shards
     assert study.cells[0].text_stage != plain.cells[0].text_stage
+    # the report's models name the runtime that ran each encoder
+    from duchkit.pipelines.study_report import models_used
+
+    emb = next(e.name for e in study.pipeline.stages if e.stage.kind == "embed-images")
+    (tmp_path / "o" / emb).mkdir(parents=True)
+    (tmp_path / "o" / emb / "_manifest.json").write_text(json.dumps(
+        {"kind": "embed-images", "models": {"model": "pkg:x==1"},
+         "parameters": {"runtime": "onnxruntime"}}))
+    assert dict((n, m) for n, _, m in models_used(study))[emb] == {"model": "pkg:x==1",
+                                                                  "runtime": "onnxruntime"}
     cfg.write_text(GRID.replace("[train]\n", '[embed]\nruntimes = "onnxruntime"\n\n[train]\n', 1))
     with pytest.raises(ConfigError, match=r"\[embed\]: unknown field\(s\) \['runtimes'\]"):
         load_study(cfg, overrides={"out": tmp_path / "o"})
@@ -275,6 +285,10 @@ def test_set_changes_one_value_of_the_study_file(tmp_path):
     assert {c.train["epochs"] for c in study.cells} == {5}
     assert {c.train["weight_decay_mode"] for c in study.cells} == {"decoupled"}
     assert all(c.train["bits"] == 16 for c in study.cells)  # the file's other values stay
+    table2 = load_study(builtin_study_path("table2-offline"), overrides={"out": tmp_path / "t"},
+                        settings=["embed.runtime=openvino"])
+    (rule,) = [e.stage for e in table2.pipeline.stages if e.stage.kind == "rule-augment"]
+    assert rule.runtime == "openvino"  # rule-augment's BERTScore encoder too
     for bad in ["workers=2", "dataset.images=x", "study.workers"]:
         with pytest.raises(ConfigError, match="expected SECTION.KEY=VALUE"):
             load_study(cfg, overrides={"out": tmp_path / "o"}, settings=[bad])

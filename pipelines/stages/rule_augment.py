@@ -120,6 +120,8 @@ class RuleAugment(Stage):
     # BERTScore encoder precision: auto = fp16 on CUDA, fp32 on the CPU; bf16 is ~2.5x faster
     # on CPUs with AMX (scores move ~1e-3, so near-ties between candidates may flip).
     precision: str = "auto"
+    # the BERTScore encoder's CPU runtime (pipelines.runtimes): torch, onnxruntime, openvino
+    runtime: str = "torch"
 
     def __post_init__(self):
         from duchkit.augment.pos_tagging import TAGGERS
@@ -153,6 +155,9 @@ class RuleAugment(Stage):
         if self.precision not in PRECISIONS:
             raise ConfigError(f"field 'precision' must be one of {list(PRECISIONS)}, not "
                               f"{self.precision!r}")
+        from duchkit.pipelines.runtimes import check_runtime
+
+        check_runtime(self.runtime, None, self.precision, "field 'runtime'")
         if not isinstance(self.max_replacements, int) or self.max_replacements < 0:
             raise ConfigError("field 'max_replacements' must be an integer >= 0")
         if not isinstance(self.allow_function_words, bool):
@@ -179,7 +184,10 @@ class RuleAugment(Stage):
         return src
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if params["runtime"] == "torch":  # as before the field existed: fingerprints hold
+            del params["runtime"]
+        return params
 
     def models(self) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version
@@ -241,9 +249,21 @@ class RuleAugment(Stage):
         threshold = None if self.bertscore_threshold is False else float(self.bertscore_threshold)
         config = RuleConfig(tuple(self.replace_tags), threshold, self.choice,
                             self.max_replacements, not self.allow_function_words)
+        precision = self._precision(ctx)
+        model = scorer._model
+        if self.runtime != "torch":
+            from duchkit.pipelines.runtimes import check_runtime, wrap_token_model
+
+            check_runtime(self.runtime, ctx.device, precision, "rule-augment: field 'runtime'")
+
+            model = _cached(("bertscore-runtime", self._bert, self.bertscore_layers,
+                             self.runtime, precision),
+                            lambda: wrap_token_model(scorer._model, scorer._tokenizer,
+                                                     self.runtime, precision,
+                                                     "rule-augment: field 'runtime'"))
         self._augmenter = RuleAugmenter(
             tagger, GloveNeighbours(kv, self.top_n, self.glove_threshold),
-            BertScoreF1(scorer, self.batch_size, self._precision(ctx)), config)
+            BertScoreF1(scorer, self.batch_size, precision, model), config)
         ctx.log.info("rule-augment: models %s; BERTScore %s", self.models(),
                      "rescaled with baseline" if scorer.rescale_with_baseline else "raw F1")
 
