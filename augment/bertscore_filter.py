@@ -86,8 +86,7 @@ class BertScoreF1:
         self.sentences_embedded = 0
         self.calls = 0
         tok = scorer._tokenizer
-        model = scorer._model
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        limit = getattr(getattr(scorer._model, "config", None), "max_position_embeddings", None)
         # Some tokenizers report no usable limit (1e30); bert-score truncates at the
         # tokenizer's limit, so make it the model's.
         if limit and (tok.model_max_length is None or tok.model_max_length > limit):

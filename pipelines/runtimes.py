@@ -39,6 +39,9 @@ OPSET = 17
 EXPORT_VERSION = 2          # bump when the exported graph changes for the same model
 EXPORT_TOLERANCE = 1e-3     # relative max error of the export vs torch (fp32): beyond, a bug
 OUTPUT = "duchkit_embedding"  # the graph's output (a name no model uses inside)
+# captions the text exports are traced and checked on (two different shapes each)
+_WORDS = ["a", "plane", "is", "parked", "near", "the", "white", "buildings", "and", "some",
+          "green", "trees", "beside", "road", "river", "many", "cars"]
 _PIP = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -326,10 +329,8 @@ def wrap_text_encoder(enc, runtime: str, where: str = "text model"):
     digest = weights_digest(module, "text", enc.encoder_id, enc.pooling, names)
     path = cache_root() / f"text-{_safe(enc.encoder_id)}-{enc.pooling}-{digest}.onnx"
     if not path.is_file():
-        words = ["a", "plane", "is", "parked", "near", "the", "white", "buildings", "and",
-                 "some", "green", "trees", "beside", "road", "river", "many", "cars"]
-        example = [" ".join(words[:n]) for n in (3, 9)]
-        check = [" ".join(words[i:i + n]) for i, n in ((0, 2), (2, 15), (5, 7), (1, 11))]
+        example = [" ".join(_WORDS[:n]) for n in (3, 9)]
+        check = [" ".join(_WORDS[i:i + n]) for i, n in ((0, 2), (2, 15), (5, 7), (1, 11))]
 
         def tokens(texts):
             t = enc.tokenizer(texts, padding=True, truncation=True, max_length=enc.max_length,
@@ -387,16 +388,14 @@ def wrap_token_model(model, tokenizer, runtime: str, precision: str = "fp32",
     names = ["input_ids", "attention_mask"]
     path = cache_root() / f"tokens-{weights_digest(module, 'tokens', names)}.onnx"
     if not path.is_file():
-        words = ["a", "plane", "is", "parked", "near", "the", "white", "buildings", "and",
-                 "some", "green", "trees", "beside", "road", "river", "many", "cars"]
 
         def tokens(texts):
             t = tokenizer(texts, padding=True, return_tensors="pt")
             return tuple(t[n] for n in names)
 
         _export_checked(module, path, runtime, where, names,
-                        tokens([" ".join(words[:n]) for n in (3, 9)]),
-                        tokens([" ".join(words[i:i + n]) for i, n in ((0, 2), (2, 15), (5, 7))]),
+                        tokens([" ".join(_WORDS[:n]) for n in (3, 9)]),
+                        tokens([" ".join(_WORDS[i:i + n]) for i, n in ((0, 2), (2, 15), (5, 7))]),
                         {**{n: {0: "batch", 1: "tokens"} for n in names},
                          OUTPUT: {0: "batch", 1: "tokens"}})
     return RuntimeTokenModel(CompiledModel(path, runtime), precision)

@@ -255,7 +255,6 @@ class RuleAugment(Stage):
             from duchkit.pipelines.runtimes import check_runtime, wrap_token_model
 
             check_runtime(self.runtime, ctx.device, precision, "rule-augment: field 'runtime'")
-
             model = _cached(("bertscore-runtime", self._bert, self.bertscore_layers,
                              self.runtime, precision),
                             lambda: wrap_token_model(scorer._model, scorer._tokenizer,
