@@ -53,8 +53,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from duchkit.hashing.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, \
-    set_rng_states
+from duchkit.hashing.checkpoint import CHECKPOINT, checkpoint_due, load_checkpoint, rng_states, \
+    save_checkpoint, set_rng_states
 from duchkit.hashing.config import TrainConfig
 from duchkit.hashing.data import Features
 from duchkit.hashing.model import DUCH, HashMLP
@@ -241,6 +241,7 @@ def train_baseline(cfg: TrainConfig, feats: Features, run_dir: Path | None = Non
         image_net, text_net = torch.compile(image_net), torch.compile(text_net)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
+    saved_at = time.perf_counter()  # of the last checkpoint; this call's start counts as one
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
@@ -280,7 +281,8 @@ def train_baseline(cfg: TrainConfig, feats: Features, run_dir: Path | None = Non
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(row)
         log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
-        if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+        if ckpt_path and checkpoint_due(epoch, cfg.epochs, cfg.checkpoint_every,
+                                        cfg.checkpoint_seconds, time.perf_counter() - saved_at):
             save_checkpoint(ckpt_path, {
                 "shape": model.shape(), "config": cfg.to_json(), "epoch": epoch,
                 "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
@@ -288,6 +290,7 @@ def train_baseline(cfg: TrainConfig, feats: Features, run_dir: Path | None = Non
                 "best_state": best_state, "history": history, "top_map": top_map,
                 "top_se": top_se, "splits": {k: v.tolist() for k, v in splits.items()},
                 "thresholds": asdict(thresholds) if thresholds is not None else None})
+            saved_at = time.perf_counter()
 
     if best_state is not None:
         model.load_state_dict(best_state)

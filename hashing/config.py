@@ -107,6 +107,7 @@ class TrainConfig:
     compile: bool = False
     amp: bool = False  # bf16 autocast of the networks in training; losses stay fp32
     checkpoint_every: int = 1
+    checkpoint_seconds: float = 30.0  # and at least this far apart (0: every checkpoint_every)
 
     def weights(self):
         from duchkit.hashing.losses import LossWeights
@@ -125,6 +126,8 @@ class TrainConfig:
             problems.append(f"selection_se={self.selection_se} (>= 0; 0 = the best epoch)")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every={self.checkpoint_every} (must be >= 1)")
+        if not 0 <= self.checkpoint_seconds < float("inf"):
+            problems.append(f"checkpoint_seconds={self.checkpoint_seconds} (must be >= 0)")
         if self.epochs < 1 or self.batch_size < 2:
             problems.append("epochs must be >= 1 and batch_size >= 2")
         for name in ("hidden", "eval_every", "map_k", "lr_decay_every"):

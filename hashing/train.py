@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from duchkit.hashing.checkpoint import CHECKPOINT, load_checkpoint, rng_states, save_checkpoint, \
-    set_rng_states
+from duchkit.hashing.checkpoint import CHECKPOINT, checkpoint_due, load_checkpoint, rng_states, \
+    save_checkpoint, set_rng_states
 from duchkit.hashing.data import Features, split_indices
 from duchkit.hashing.config import ABLATIONS, TrainConfig  # noqa: F401  (re-exported)
 from duchkit.hashing.losses import binary_target, discriminator_loss, hashing_losses
@@ -257,6 +257,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         log("warning: this CPU has no bf16 units; --amp emulates bf16 and is likely slower")
 
     epoch_seconds: dict[int, float] = {}  # this call's epochs; not in history (not state)
+    saved_at = time.perf_counter()  # of the last checkpoint; this call's start counts as one
     for epoch in range(start_epoch, total_epochs):
         t_epoch = time.perf_counter()
         if stop_after is not None and epoch >= stop_after:
@@ -323,7 +324,8 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
         history.append(row)
         epoch_seconds[epoch] = time.perf_counter() - t_epoch
         log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
-        if ckpt_path and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == total_epochs):
+        if ckpt_path and checkpoint_due(epoch, total_epochs, cfg.checkpoint_every,
+                                        cfg.checkpoint_seconds, time.perf_counter() - saved_at):
             save_checkpoint(ckpt_path, {
                 "shape": model.shape(), "config": cfg.to_json(), "epoch": epoch,
                 "model": model.state_dict(), "opt": opt.state_dict(),
@@ -332,6 +334,7 @@ def train(cfg: TrainConfig, feats: Features, run_dir: Path | None = None, resume
                 "best_state": best_state, "history": history, "top_map": top_map,
                 "top_se": top_se, "splits": {k: v.tolist() for k, v in splits.items()},
                 "robust": robust.state_dict()})
+            saved_at = time.perf_counter()
 
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -21,7 +21,8 @@ from duchkit.pipelines.training_data import load_archive
 from tests.duch_shards import write_stages
 
 METHODS = ("djsrh", "jdsh")
-SMALL = TrainConfig(bits=16, epochs=3, batch_size=64, hidden=64, seed=3)
+SMALL = TrainConfig(bits=16, epochs=3, batch_size=64, hidden=64, seed=3,
+                    checkpoint_seconds=0)  # every epoch: interruptions are tested per epoch
 LEARNS = dataclasses.replace(SMALL, bits=32, epochs=12, hidden=128, batch_size=32, lr=1e-3)
 QUIET = dict(log=lambda s: None)
 

@@ -9,7 +9,8 @@ from duchkit.hashing.data import Features, split_indices
 from duchkit.hashing.synthetic import class_structured
 from duchkit.hashing.train import TrainConfig, encode, train
 
-SMALL = TrainConfig(bits=16, epochs=3, batch_size=64, hidden=64, seed=3)
+SMALL = TrainConfig(bits=16, epochs=3, batch_size=64, hidden=64, seed=3,
+                    checkpoint_seconds=0)  # every epoch: interruptions are tested per epoch
 QUIET = dict(log=lambda s: None)
 
 
@@ -52,6 +53,25 @@ def test_resume_after_interrupt_equals_uninterrupted(feats, tmp_path):
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_checkpoints_are_spaced_in_time_and_the_last_epoch_is_always_saved(feats, tmp_path,
+                                                                           monkeypatch):
+    import duchkit.hashing.train as train_module
+
+    saved = []
+    real = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint",
+                        lambda path, state: saved.append(state["epoch"]) or real(path, state))
+    cfg = dataclasses.replace(SMALL, epochs=4, checkpoint_seconds=3600)
+    train(cfg, feats, tmp_path / "spaced", stop_after=3, **QUIET)  # cut before the hour is up
+    assert saved == [] and not (tmp_path / "spaced" / "checkpoint.pt").exists()
+    train(cfg, feats, tmp_path / "spaced", **QUIET)
+    assert saved == [3]  # the last epoch, whatever the time
+    saved.clear()
+    train(dataclasses.replace(cfg, checkpoint_seconds=0, checkpoint_every=2), feats,
+          tmp_path / "every-2", **QUIET)
+    assert saved == [1, 3]
 
 
 def test_checkpoint_of_another_bit_length_is_refused(feats, tmp_path):

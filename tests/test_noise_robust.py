@@ -22,7 +22,7 @@ from duchkit.pipelines.cli import main
 from tests.duch_shards import write_stages
 
 SMALL = TrainConfig(bits=16, epochs=4, batch_size=32, hidden=64, lr=1e-3, seed=2,
-                    meta_epochs=3, gmm_warmup=1, checkpoint_every=1)
+                    meta_epochs=3, gmm_warmup=1, checkpoint_seconds=0)
 QUIET = dict(log=lambda s: None)
 
 

@@ -67,8 +67,11 @@ def register(sub) -> None:
                    help="keep the latest epoch whose validation mAP is within this many standard "
                    "errors of the best (the one-standard-error rule); 0 = the best epoch")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="save checkpoint.pt every N epochs (and at the end); a 4096-wide "
-                   "model's checkpoint is ~110 MB, so N = 1 writes that much per epoch")
+                   help="save checkpoint.pt at most every N epochs (and after the last)")
+    p.add_argument("--checkpoint-seconds", type=float, default=d.checkpoint_seconds,
+                   help="and at least this many seconds apart, so an interruption loses at "
+                   "most that much training; 0 = every N epochs (a 4096-wide model's checkpoint "
+                   "is ~120 MB, about a second to write)")
     p.add_argument("--k", type=int, default=d.map_k, help="K of mAP@K")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
     p.add_argument("--amp", action="store_true",
@@ -122,7 +125,8 @@ def train_config(args: argparse.Namespace):
                       weight_decay_mode=args.weight_decay_mode,
                       captions_per_image=args.captions_per_image, eval_every=args.eval_every,
                       map_k=args.k, compile=args.compile, amp=args.amp,
-                      checkpoint_every=args.checkpoint_every, selection_se=args.selection_se,
+                      checkpoint_every=args.checkpoint_every,
+                      checkpoint_seconds=args.checkpoint_seconds, selection_se=args.selection_se,
                       noise_rate=args.noise_rate, noise_mode=args.noise_mode,
                       robust=args.robust, clean_fraction=args.clean_fraction,
                       weight_mode=args.weight_mode, meta_epochs=args.meta_epochs,
