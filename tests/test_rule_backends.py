@@ -196,6 +196,23 @@ def test_bertscore_from_a_model_dir_and_rescaling(tiny_bert, tmp_path):
         make_scorer(str(tiny_bert), num_layers=2, rescale=True)
 
 
+def test_bertscore_f1_is_bert_scores_own(tiny_bert):
+    """The batched tokenising gives bert-score's ids, and the F1 is BERTScorer.score's."""
+    from bert_score.utils import sent_encode
+
+    from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer
+
+    scorer = make_scorer(str(tiny_bert), num_layers=2)
+    ours = BertScoreF1(scorer, 2)
+    cands = [" there is a piece of cropland ", "two planes at the airport", "farmland",
+             "many buildings and some green trees are near a road"]
+    refs = ["there is a piece of farmland", "two planes in the airport", "cropland .",
+            "many houses and some green trees are beside a road"]
+    assert ours._token_ids(cands) == [sent_encode(scorer._tokenizer, c) for c in cands]
+    np.testing.assert_allclose(ours.f1(cands, refs), scorer.score(cands, refs)[2].numpy(),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_bertscore_runtime_gives_torchs_scores(tiny_bert, runtime, tmp_path, monkeypatch):
     from duchkit.augment.bertscore_filter import BertScoreF1, make_scorer
