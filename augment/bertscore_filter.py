@@ -109,8 +109,9 @@ class BertScoreF1:
                                        truncation=False)["input_ids"])
         return n > self.max_tokens
 
-    def _batches(self, todo: list[str]) -> list[list[str]]:
+    def _batches(self, todo: list[str], lengths: list[int] | None = None) -> list[list[str]]:
         """Batches of sentences with the same token count, so no batch carries padding.
+        `lengths`: the token counts of `todo` where the caller has its ids already.
 
         bert-score sorts by word count, which left ~24 % of the encoded positions padding on
         UCM's candidate sentences; the encoder's cost is per position, so grouping by the
@@ -118,9 +119,8 @@ class BertScoreF1:
         the batch beyond float rounding."""
         if not todo:
             return []
-        tok = self.scorer._tokenizer
-        lengths = [min(len(ids), self.max_tokens) for ids in
-                   tok(todo, add_special_tokens=True, truncation=False)["input_ids"]]
+        if lengths is None:
+            lengths = [len(ids) for ids in self._token_ids(todo)]
         by_length: dict[int, list[str]] = {}
         for sent, n in zip(todo, lengths):
             by_length.setdefault(n, []).append(sent)
@@ -149,16 +149,20 @@ class BertScoreF1:
 
         device = "cuda" if str(self.scorer.device).startswith("cuda") else "cpu"
 
-        for batch in self._batches([s for s in dict.fromkeys(sentences) if s not in into]):
+        todo = [s for s in dict.fromkeys(sentences) if s not in into]
+        if not todo:
+            return
+        token_ids = dict(zip(todo, self._token_ids(todo)))  # tokenised once, batched by length
+        for batch in self._batches(todo, [len(token_ids[s]) for s in todo]):
             # what bert_score.utils.get_bert_embedding does, with the tokenising batched
-            ids = self._token_ids(batch)
+            ids = [token_ids[s] for s in batch]
             x, _, mask = padding(ids, self.scorer._tokenizer.pad_token_id, dtype=torch.long)
             idf, _, _ = padding([[self.idf_dict[i] for i in a] for a in ids], 0,
                                 dtype=torch.float)
             with autocast(device, self.precision):
                 emb = bert_encode(self.model, x.to(self.scorer.device),
                                   attention_mask=mask.to(self.scorer.device))
-            emb, idf = emb.float().cpu(), idf.float()
+            emb = emb.float().cpu()
             for i, sent in enumerate(batch):
                 n = int(mask[i].sum())
                 into[sent] = (emb[i, :n].clone(), idf[i, :n].clone())
