@@ -157,8 +157,9 @@ def test_every_train_option_reaches_the_config():
         ["train", "--images", "i", "--texts", "t", "--out", "o", "--device", "cpu",
          "--weight-decay", "1e-3", "--lr-decay", "0.5", "--weights-ref-bits", "0", "--tau", "0.5",
          "--loss-reduction", "sum", "--captions-per-image", "1", "--alpha", "0.02",
-         "--selection-se", "0"])
+         "--selection-se", "0", "--checkpoint-seconds", "5"])
     cfg = train_config(args)
     assert (cfg.weight_decay, cfg.lr_decay, cfg.weights_ref_bits, cfg.tau, cfg.reduction,
             cfg.captions_per_image, cfg.alpha, cfg.selection_se) == (1e-3, 0.5, 0, 0.5, "sum",
                                                                      1, 0.02, 0.0)
+    assert cfg.checkpoint_seconds == 5.0

@@ -72,6 +72,9 @@ def test_checkpoints_are_spaced_in_time_and_the_last_epoch_is_always_saved(feats
     train(dataclasses.replace(cfg, checkpoint_seconds=0, checkpoint_every=2), feats,
           tmp_path / "every-2", **QUIET)
     assert saved == [1, 3]
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="checkpoint_seconds"):
+            dataclasses.replace(cfg, checkpoint_seconds=bad).validate()
 
 
 def test_checkpoint_of_another_bit_length_is_refused(feats, tmp_path):
