@@ -58,9 +58,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CARRY = HERE / ".cache" / "gpu_carry"
+DEMO_STUDY = "demo-study"  # the demo's [study] out: the study's folder inside the demo run
 TASKS = ("i2t", "t2i", "i2i", "t2t")
 MAP_TOLERANCE = 0.15    # mean |mAP(CUDA) - mAP(CPU)| over the four tasks after a full run:
                         # 52 training images; seeds 0 and 1 of the demo study differ by 0.3
+EPOCH1_LOSS_TOLERANCE = 0.05  # relative, epoch 1 CUDA vs CPU: other batches (check_train);
+                              # the H200 run measured 0.0137 with 99.2% of the code bits equal
 COSINE_MIN = 0.99       # fp16 / bf16 embeddings vs fp32
 MODULES = ("torch", "torchvision", "transformers", "numpy", "pyarrow", "numba", "cv2",
            "albumentations", "sentencepiece", "sacremoses", "ctranslate2", "onnxruntime",
@@ -87,7 +90,7 @@ def prepare(args) -> int:
     cells_file = out / "study_cells.json"
     if cells_file.is_file() and not args.again:
         print(f"{cells_file} exists (prepare --again to redo the demo part)")
-    elif not (demo / "study" / "demo" / "report.md").is_file():
+    elif not (demo / DEMO_STUDY / "study" / "demo" / "report.md").is_file():
         print(f"running the demo into {demo} (a few minutes) ...", flush=True)
         rc = subprocess.call([sys.executable, "-m", "duchkit.pipelines.cli", "run", "--out",
                               str(demo), "--quiet"])
@@ -109,12 +112,14 @@ def _carry_demo(demo: Path, cells_file: Path) -> None:
     checks read (not the checkpoints: tens of MiB)."""
     from duchkit.pipelines.study import builtin_study_path, load_study
 
-    study = load_study(builtin_study_path("demo"), overrides={"out": demo})
+    # the demo study has its own dataset (420 images), so it runs in its own folder
+    study_out = demo / DEMO_STUDY
+    study = load_study(builtin_study_path("demo"), overrides={"out": study_out})
     cells = []
     for cell in study.cells:
         runs = {}
         for seed in study.seeds:
-            run = demo / "study" / study.name / cell.id / f"seed-{seed}"
+            run = study_out / "study" / study.name / cell.id / f"seed-{seed}"
             if (run / "metrics.json").is_file():
                 metrics = json.loads((run / "metrics.json").read_text())
                 config = json.loads((run / "run.json").read_text())["config"]
@@ -122,10 +127,15 @@ def _carry_demo(demo: Path, cells_file: Path) -> None:
                                            if t in metrics["results"]}, "config": config}
         cells.append({"id": cell.id, "label": cell.label, "image_stage": cell.image_stage,
                       "text_stage": cell.text_stage, "runs": runs})
-    # what travels: the stage folders the checks read, not the checkpoints (tens of MiB)
+    if not any(c["runs"] for c in cells):
+        raise SystemExit(f"gpu_check prepare: no trained demo study runs under {study_out}")
+    # what travels: the stage folders the checks read, not the checkpoints (tens of MiB); the
+    # study's own (hash-named) embedding stages move beside the demo run's
+    study_stages = {c["image_stage"] for c in cells} | {c["text_stage"] for c in cells}
+    for name in study_stages:
+        shutil.move(str(study_out / name), str(demo / name))
     keep = {"records", "images", "captions", "backtranslation", "image_embeddings",
-            "caption_embeddings"} | {c["image_stage"] for c in cells} | \
-        {c["text_stage"] for c in cells}
+            "caption_embeddings"} | study_stages
     for path in demo.iterdir():
         if path.is_dir() and path.name not in keep:
             shutil.rmtree(path)
@@ -225,9 +235,12 @@ def _codes(run: Path) -> np.ndarray:
 
 
 def check_train(device: str, work: Path, state: dict) -> dict:
-    """One epoch on the CPU and on `device` must agree closely (losses, codes): the same
-    computation. Sixty epochs are compared loosely (MAP_TOLERANCE on the mean over tasks): on
-    52 training images the float order alone moves a run as much as a seed does."""
+    """One epoch on the CPU and on `device` must agree closely (losses, codes). On CUDA it is
+    not the same computation: the trainer's generator lives on the device, and CUDA's draws the
+    batch order, captions and binary targets differently from the CPU's (the weights start the
+    same), hence EPOCH1_LOSS_TOLERANCE; on a CPU rehearsal both runs are identical. Sixty
+    epochs are compared loosely (MAP_TOLERANCE on the mean over tasks): on 52 training images
+    the float order alone moves a run as much as a seed does."""
     from duchkit.pipelines.training import train_run
 
     archive = _archive()
@@ -254,7 +267,8 @@ def check_train(device: str, work: Path, state: dict) -> dict:
     ref = out["cpu-fp32"]["map"]
     mean_diff = max(np.mean([abs(v["map"][t] - ref[t]) for t in ref]) for v in out.values())
     written = all((state["run"] / f).exists() for f in ("checkpoint.pt", "run.json", "codes"))
-    ok = loss_diff <= 1e-3 and bits_agree >= 0.98 and written and mean_diff <= MAP_TOLERANCE
+    ok = loss_diff <= EPOCH1_LOSS_TOLERANCE and bits_agree >= 0.98 and written and \
+        mean_diff <= MAP_TOLERANCE
     return {"ok": bool(ok), "epoch1_loss_rel_diff": round(loss_diff, 6),
             "epoch1_code_bits_agree": round(bits_agree, 5),
             "mean_map_diff_vs_cpu_60_epochs": round(float(mean_diff), 4),
@@ -500,8 +514,9 @@ def check_study(device: str, work: Path, state: dict) -> dict:
                 "seconds": round(time.perf_counter() - t, 2), "map": got,
                 "cpu_map": {k: round(v, 4) for k, v in ref["map"].items()},
                 "mean_abs_diff": round(diff, 4)}
-    return {"ok": bool(diffs) and max(diffs) <= MAP_TOLERANCE, "study": data["study"],
-            "tolerance": MAP_TOLERANCE, "max_mean_map_diff_vs_cpu": round(max(diffs), 4),
+    worst = max(diffs, default=float("nan"))  # no carried CPU runs: not ok
+    return {"ok": bool(diffs) and worst <= MAP_TOLERANCE, "study": data["study"],
+            "tolerance": MAP_TOLERANCE, "max_mean_map_diff_vs_cpu": round(worst, 4),
             "cells": out}
 
 
