@@ -6,7 +6,9 @@ import torch
 from duchkit.hashing.codes import as_words, pack, to_signs, unpack
 from duchkit.hashing.metrics import (authors_average_precision, average_precision_at_k,
                                      evaluate_direction, map_at_k_torch)
-from duchkit.hashing.retrieval import hamming_packed, hamming_signs, rank, rank_torch, search
+from duchkit.hashing import retrieval
+from duchkit.hashing.retrieval import (hamming_packed, hamming_signs, rank, rank_torch, search,
+                                      top_k_signs)
 
 
 def naive_ranking(q_bits, db_bits):
@@ -59,6 +61,23 @@ def test_ranking_tie_rule_and_paths_agree():
     idx, d = search(pack(q), pack(db), 10)
     assert idx.tolist() == [w[:10] for w in want]
     assert (np.diff(d, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("wide_keys", [False, True])
+def test_keys_from_dot_products_rank_by_the_tie_rule(monkeypatch, wide_keys):
+    """top_k_signs (the GPU search) makes its keys from the dot products: the same indices and
+    distances as ranking the distances, ties included, with int32 and with int64 keys."""
+    if wide_keys:
+        monkeypatch.setattr(retrieval, "INT32_KEYS", 1)
+    rng = np.random.default_rng(4)
+    for bits, dtype in ((8, torch.float32), (64, torch.float32), (64, torch.float16)):
+        q, db = rng.random((6, bits)) > 0.5, rng.random((300, bits)) > 0.5
+        want = naive_ranking(q.tolist(), db.tolist())
+        idx, dist = top_k_signs(torch.tensor(to_signs(q), dtype=dtype),
+                                torch.tensor(to_signs(db), dtype=dtype), 25)
+        assert idx.tolist() == [w[:25] for w in want]
+        naive = (q[:, None, :] != db[None]).sum(-1)
+        assert (dist.numpy() == np.take_along_axis(naive, idx.numpy(), 1)).all()
 
 
 def test_ap_by_hand():
