@@ -116,11 +116,14 @@ def ucm_views(n: int, size: int) -> np.ndarray:
 
 
 def ucm_captions(n: int | None) -> list[str]:
-    from duchkit.pipelines.stages.embed import EmbedTexts
+    from duchkit.pipelines.stages.embed import EmbedTexts, normalise
 
     data = json.loads((shared_data() / "ucm" / "captions.json").read_text())
-    stage = EmbedTexts()
-    caps = [stage.preprocess(s.get("raw", "")) for im in data["images"]
+    # embed-texts' default preprocessing, without making the stage: that checks its default
+    # model is installed, and the random-weight runs (--text-model random:minilm) need none
+    field = EmbedTexts.__dataclass_fields__
+    lower, strip = field["lowercase"].default, field["strip_punctuation"].default
+    caps = [normalise(s.get("raw", ""), lower, strip) for im in data["images"]
             for s in im.get("sentences", [])]
     caps = list(dict.fromkeys(c for c in caps if c.strip()))
     return caps if n is None else random.Random(0).sample(caps, min(n, len(caps)))
