@@ -8,6 +8,7 @@ op, not with this module: it imports torch, which code that only draws specs nev
 from __future__ import annotations
 
 import functools
+import os
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Callable
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     import albumentations as A
 
     from duchkit.augment.view_spec import ViewSpec
+
+# albumentations asks PyPI for a newer version of itself on import, in every process that imports
+# it (1.2 s here, up to its 2 s timeout offline): an offline pipeline makes no network calls.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 @functools.lru_cache(maxsize=None)

@@ -80,6 +80,7 @@ def loader_context():
     the workers run once, so each worker starts fast."""
     import multiprocessing
 
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # the server imports it (image_ops)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([
         "duchkit.pipelines.forkserver_guard",  # first: the server ends with the run

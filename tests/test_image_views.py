@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import cv2
 import numpy as np
@@ -146,3 +147,21 @@ def test_decode_converts_modes_upscales_small_and_names_corrupt_files(shared_dat
         decode_rgb(data[: len(data) // 2], "beach03.jpg")
     with pytest.raises(ImageDecodeError, match="junk.png"):
         decode_rgb(b"not an image", "junk.png")
+
+
+def test_the_pixel_ops_make_no_network_call():
+    """albumentations asks PyPI for updates on import unless told not to; duchkit's image ops
+    (and the workers that import them) tell it, so an offline pipeline makes no network call."""
+    import subprocess
+    import sys
+
+    code = ("import urllib.request\n"
+            "def refuse(*a, **k): raise SystemExit('network call: ' + repr(a[1:2]))\n"
+            "urllib.request.OpenerDirector.open = refuse\n"
+            "import duchkit.augment.image_ops as ops\n"
+            "ops._transforms()\n"
+            "import os; print(os.environ['NO_ALBUMENTATIONS_UPDATE'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1" and "fetching version" not in out.stderr

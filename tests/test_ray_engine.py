@@ -27,9 +27,18 @@ def _with_engine(cfg, engine):
     return cfg
 
 
+def _run_demo(out, *options):
+    """`duchkit run` into `out`; a failure shows the errors of its logs, not just the code."""
+    rc = main(["run", "--out", str(out), *options, "--quiet"])
+    if rc:
+        logs = "\n".join(f"--- {log}\n" + "\n".join(log.read_text().splitlines()[-60:])
+                         for log in sorted(out.rglob("duchkit.log")))
+        pytest.fail(f"duchkit run {' '.join(options)} exited {rc}:\n{logs}"[-12000:])
+
+
 def test_demo_on_ray_equals_local(ray_cluster, tmp_path):
-    assert main(["run", "--out", str(tmp_path / "ray"), "--engine", "ray", "--quiet"]) == 0
-    assert main(["run", "--out", str(tmp_path / "local"), "--quiet"]) == 0
+    _run_demo(tmp_path / "ray", "--engine", "ray")
+    _run_demo(tmp_path / "local")
     for stage in ("records", "captions"):
         r = json.loads((tmp_path / "ray" / stage / "_manifest.json").read_text())
         loc = json.loads((tmp_path / "local" / stage / "_manifest.json").read_text())
