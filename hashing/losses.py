@@ -38,9 +38,10 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float = 1.0,
         raise ValueError(f"tau must be > 0 (got {tau})")
     m = a.shape[0]
     z = F.normalize(torch.cat([a, b]), dim=1)
-    logits = (z @ z.T) / tau
-    logits = logits.masked_fill(torch.eye(2 * m, dtype=torch.bool, device=a.device), float("-inf"))
-    target = torch.cat([torch.arange(m, 2 * m), torch.arange(0, m)]).to(a.device)
+    logits = ((z @ z.T) / tau).fill_diagonal_(float("-inf"))
+    # made on the device: a target built on the host and copied over is a pageable copy, which
+    # waits for the GPU's queue, three times a training step (the trainer is host-bound there)
+    target = torch.arange(2 * m, device=a.device).roll(m)
     per_anchor = F.cross_entropy(logits, target, reduction="none")
     if weights is not None:
         per_anchor = per_anchor * torch.cat([weights, weights])
