@@ -7,7 +7,7 @@ on the demo's real shards; then the script times the benchmarks with --device cu
     python benchmarks/gpu_check.py paths [--device cuda|cpu] [--out DIR] [--only NAME ...]
     python benchmarks/gpu_check.py summary --out DIR [--to FILE]  # targets, one JSON
 
-`prepare` writes benchmarks/.cache/gpu_carry/ (git-ignored; about 39 MiB): the demo run's real
+`prepare` writes benchmarks/.cache/gpu_carry/ (git-ignored; about 43 MiB): the demo run's real
 stage shards (records, image views and their EfficientNet-Lite0 embeddings, captions, their
 back-translations and MiniLM embeddings, the study's NoAugmentation image stage; 3.4 MiB), the
 demo study's cells with the CPU metrics of every cell x seed, and shared/ (UCM: the 2,100 images
