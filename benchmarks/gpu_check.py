@@ -9,7 +9,7 @@ on the demo's real shards; then the script times the benchmarks with --device cu
 
 `prepare` writes benchmarks/.cache/gpu_carry/ (git-ignored; about 43 MiB): the demo run's real
 stage shards (records, image views and their EfficientNet-Lite0 embeddings, captions, their
-back-translations and MiniLM embeddings, the study's NoAugmentation image stage; 3.4 MiB), the
+back-translations and MiniLM embeddings, and the demo study's embedding stages), the
 demo study's cells with the CPU metrics of every cell x seed, and shared/ (UCM: the 2,100 images
 with captions.json and filename_map.tsv, or fewer with --ucm-images; the RSITMD captions) for
 the benchmarks. The GPU
