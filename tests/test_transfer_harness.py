@@ -11,16 +11,24 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def transfer():
-    sys.path.insert(0, str(BENCH))  # its sibling bench_results
+    # transfer.py imports its sibling bench_results: give it that module, not a sys.path entry
+    added = "bench_results" not in sys.modules
+    if added:
+        sys.modules["bench_results"] = _load("bench_results", BENCH / "bench_results.py")
     try:
-        spec = importlib.util.spec_from_file_location("transfer_bench", BENCH / "transfer.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield _load("transfer_bench", BENCH / "transfer.py")
     finally:
-        sys.path.remove(str(BENCH))
+        if added:
+            del sys.modules["bench_results"]
 
 
 def test_class_disjoint_halves_and_stratified_shares(transfer):
