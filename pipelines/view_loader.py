@@ -80,12 +80,12 @@ def loader_context():
     the workers run once, so each worker starts fast."""
     import multiprocessing
 
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # the server imports it (image_ops)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([
         "duchkit.pipelines.forkserver_guard",  # first: the server ends with the run
+        "duchkit.augment.image_ops",  # before albumentations: it turns off its update check
         "albumentations",  # the pixel ops import it (and torch) on first use
-        "duchkit.augment.image_ops", "duchkit.augment.view_spec",
+        "duchkit.augment.view_spec",
         "duchkit.pipelines.stages.augment_images", "duchkit.pipelines.view_loader",
         "duchkit.pipelines.encoder_pool", "duchkit.pipelines.stages.embed"])
     return ctx
