@@ -189,6 +189,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="then one more epoch of ours under torch.profiler: the top operators")
     args = ap.parse_args()
+    for name in ("epochs", "baseline_epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
     epochs = args.epochs or (3 if args.quick else 100)

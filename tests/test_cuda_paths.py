@@ -73,6 +73,15 @@ def test_benchmarks_with_cuda_without_a_gpu_stop_with_one_line(script):
     assert "CUDA" in p.stderr or "cuda" in p.stderr
 
 
+@pytest.mark.parametrize("option", ["--baseline-epochs", "--epochs"])
+def test_duch_train_refuses_fewer_than_one_epoch_by_name(option):
+    p = subprocess.run([sys.executable, str(BENCH / "duch_train.py"), option, "0"],
+                       capture_output=True, text=True, timeout=300, cwd=BENCH,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"{option} must be at least 1" in p.stderr
+
+
 def test_every_benchmark_with_a_device_option_is_checked_here():
     """A new benchmark that takes --device cuda joins the list above (and gpu_check.sh)."""
     takes_cuda = sorted(p.name for p in BENCH.glob("*.py")
