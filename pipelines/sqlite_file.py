@@ -10,11 +10,28 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from duchkit.pipelines.stage import ConfigError
 
 CHUNK = 500  # keys per IN (...) query: SQLite's bound-parameter limit is 999 on old builds
+BUSY_SECONDS = 60
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch needs the file to itself, and SQLite's busy timeout does not
+    wait for it: two workers opening a new cache at once (Ray actors setting up a stage) got
+    "database is locked". Retry until the busy timeout instead."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class SQLiteFile:
@@ -36,8 +53,8 @@ class SQLiteFile:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=60)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = self._local.db = sqlite3.connect(self.path, timeout=BUSY_SECONDS)
+            _wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
         return db
 
